@@ -1,0 +1,1 @@
+"""Digitization pipeline stages."""

@@ -1,0 +1,564 @@
+"""Digitize: the composed pipeline (normalize, grid, segment, layout, vectorize) and the batch driver.
+
+:func:`digitize_image` runs the stages in order and returns every intermediate result, so quality
+plots and the JSON sidecar need no recomputation. :func:`digitize_file` adds file handling: it skips
+pages already done, writes the WFDB record, the sidecar and the overlay atomically (the sidecar last,
+as the completion marker), and turns every expected failure into a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ecgdig import __version__
+from ecgdig.errors import DigitizationError, EcgdigError
+from ecgdig.io import atomic_write_text, read_image, write_image, write_record
+from ecgdig.layouts import load_layout
+from ecgdig.leads import STANDARD_LEADS
+from ecgdig.pipeline.grid import suppress_grid
+from ecgdig.pipeline.layout import DEFAULT_DURATION_S, find_rows, infer_layout
+from ecgdig.pipeline.normalize import normalize
+from ecgdig.pipeline.segment import segment
+from ecgdig.pipeline.vectorize import DEFAULT_FS_HZ, follow_trace, traces_to_record
+from ecgdig.types import (
+    EcgRecord,
+    GridSuppression,
+    NormalizedPage,
+    PageLayout,
+    RowBand,
+    RowTrace,
+    TraceProbability,
+)
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DigitizationResult",
+    "DigitizeOptions",
+    "PageOutcome",
+    "collect_inputs",
+    "digitize_file",
+    "digitize_files",
+    "digitize_image",
+    "draw_overlay",
+    "output_paths",
+    "sidecar",
+    "vectorize_probability",
+]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+_RECORD_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class DigitizeOptions:
+    """Settings of one digitization run.
+
+    Attributes
+    ----------
+    layout : str or None
+        Layout template name or YAML path; None detects it from the number of strips.
+    mm_per_s : float or None
+        Paper speed; None assumes 25 mm/s.
+    mm_per_mv : float or None
+        Gain; None reads it from the calibration pulse (else 10 mm/mV).
+    fs_hz : float
+        Output sampling rate.
+    duration_s : float
+        Time shown by a full strip.
+    segmenter : str
+        ``"classical"`` or ``"unet"``.
+    target_px_per_mm : float
+        Scale the page is resampled to before segmentation.
+    min_confidence : float
+        Leads whose fraction of found trace is below this are written as NaN (abstain).
+    """
+
+    layout: str | None = None
+    mm_per_s: float | None = None
+    mm_per_mv: float | None = None
+    fs_hz: float = DEFAULT_FS_HZ
+    duration_s: float = DEFAULT_DURATION_S
+    segmenter: str = "classical"
+    target_px_per_mm: float = 8.0
+    min_confidence: float = 0.25
+
+
+@dataclass(frozen=True)
+class DigitizationResult:
+    """Everything the pipeline computed for one page.
+
+    Attributes
+    ----------
+    record : EcgRecord
+        Twelve leads in mV; NaN where not shown or abstained.
+    confidence : dict of str to float
+        Per-lead fraction of the time window where trace was found.
+    page : NormalizedPage
+        The normalized page.
+    grid : GridSuppression
+        The page without its grid.
+    probability : TraceProbability
+        Trace probability map.
+    rows : list of RowBand
+        Strips found.
+    traces : list of RowTrace or None
+        Followed trace per strip.
+    layout : PageLayout
+        Lead placement and calibration.
+    timings_s : dict of str to float
+        Seconds spent in each stage.
+    warnings : list of str
+        Doubtful steps, from every stage.
+    """
+
+    record: EcgRecord
+    confidence: dict[str, float]
+    page: NormalizedPage
+    grid: GridSuppression
+    probability: TraceProbability
+    rows: list[RowBand]
+    traces: list[RowTrace | None]
+    layout: PageLayout
+    timings_s: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+
+def digitize_image(
+    image: np.ndarray, *, name: str = "record", options: DigitizeOptions | None = None
+) -> DigitizationResult:
+    """Digitize one ECG page image.
+
+    Parameters
+    ----------
+    image : (rows, cols, 3) ndarray of uint8
+        The page, RGB.
+    name : str, optional
+        Record name for the output.
+    options : DigitizeOptions, optional
+        Run settings; defaults detect layout and gain.
+
+    Returns
+    -------
+    DigitizationResult
+        The record and every intermediate result.
+
+    Raises
+    ------
+    DigitizationError
+        If the image does not look like an ECG page or no trace can be followed.
+    """
+    options = options or DigitizeOptions()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 4)
+        clock = now
+
+    page = normalize(image, target_px_per_mm=options.target_px_per_mm)
+    lap("normalize")
+    grid = suppress_grid(page)
+    lap("grid")
+    probability = segment(page, grid=grid, segmenter=options.segmenter)
+    lap("segment")
+    try:
+        vectorized = vectorize_probability(
+            probability.probability, page.px_per_mm, name=name, options=options
+        )
+    except DigitizationError as exc:
+        if page.px_per_mm_confidence < 0.3:
+            raise DigitizationError(
+                f"does not look like an ECG page: no grid found and {exc.reason}"
+            ) from None
+        raise
+    lap("layout+vectorize")
+    return DigitizationResult(
+        record=vectorized.record,
+        confidence=vectorized.confidence,
+        page=page,
+        grid=grid,
+        probability=probability,
+        rows=vectorized.rows,
+        traces=vectorized.traces,
+        layout=vectorized.layout,
+        timings_s=timings,
+        warnings=list(page.warnings) + vectorized.warnings,
+    )
+
+
+@dataclass(frozen=True)
+class VectorizedPage:
+    """Result of :func:`vectorize_probability`: the record plus the geometry behind it."""
+
+    record: EcgRecord
+    confidence: dict[str, float]
+    rows: list[RowBand]
+    traces: list[RowTrace | None]
+    layout: PageLayout
+    warnings: list[str]
+
+
+def vectorize_probability(
+    probability: np.ndarray, px_per_mm: float, *, name: str = "record", options: DigitizeOptions | None = None
+) -> VectorizedPage:
+    """Turn a trace-probability map of a normalized page into a 12-lead record.
+
+    Parameters
+    ----------
+    probability : (rows, cols) ndarray of float
+        Trace probability in [0, 1] (a binary mask works too).
+    px_per_mm : float
+        Scale of the map.
+    name : str, optional
+        Record name.
+    options : DigitizeOptions, optional
+        Layout, speed, gain, rate and abstention settings.
+
+    Returns
+    -------
+    VectorizedPage
+        The record (leads below ``options.min_confidence`` set to NaN), confidences, strips,
+        traces, layout and warnings.
+
+    Raises
+    ------
+    DigitizationError
+        If no strip of trace is found.
+    """
+    options = options or DigitizeOptions()
+    rows = find_rows(probability, px_per_mm)
+    traces = [follow_trace(probability, band, px_per_mm) for band in rows]
+    template = load_layout(options.layout) if options.layout else None
+    layout = infer_layout(
+        rows,
+        traces,
+        px_per_mm,
+        template=template,
+        mm_per_s=options.mm_per_s,
+        mm_per_mv=options.mm_per_mv,
+        duration_s=options.duration_s,
+    )
+    vectorized = traces_to_record(traces, layout, fs_hz=options.fs_hz, name=name)
+    record = vectorized.record
+    abstained = [lead for lead, c in vectorized.confidence.items() if c < options.min_confidence]
+    warnings = list(layout.warnings)
+    if abstained:
+        signal = record.signal_mv.copy()
+        for lead in abstained:
+            signal[:, STANDARD_LEADS.index(lead)] = np.nan
+        record = replace(record, signal_mv=signal)
+        warnings.append(f"too little trace found for {', '.join(abstained)}: written as NaN")
+    return VectorizedPage(record, vectorized.confidence, rows, traces, layout, warnings)
+
+
+def sidecar(result: DigitizationResult, *, source: Path | None = None) -> dict[str, object]:
+    """Return the JSON sidecar of a digitized page: calibration, layout, confidence, warnings, timings.
+
+    Parameters
+    ----------
+    result : DigitizationResult
+        The digitized page.
+    source : Path, optional
+        The input image, recorded for traceability.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable description (see ``docs/formats.md``).
+    """
+    layout = result.layout
+    return {
+        "ecgdig_version": __version__,
+        "source": None if source is None else str(source),
+        "record": result.record.name,
+        "fs_hz": result.record.fs_hz,
+        "duration_s": layout.duration_s,
+        "layout": layout.template_name,
+        "px_per_mm": round(result.page.px_per_mm, 5),
+        "source_px_per_mm": round(result.page.source_px_per_mm, 5),
+        "px_per_mm_confidence": round(result.page.px_per_mm_confidence, 3),
+        "scale_method": result.page.scale_method,
+        "rotation_deg": round(result.page.rotation_deg, 3),
+        "perspective_corrected": result.page.perspective_corrected,
+        "grid_colour": result.grid.grid_colour,
+        "grid_leakage": round(result.grid.leakage, 4),
+        "segmenter": result.probability.segmenter,
+        "mm_per_s": layout.mm_per_s,
+        "mm_per_mv": layout.mm_per_mv,
+        "gain_source": layout.gain_source,
+        "calibration_pulses": [
+            {"row": p.row, "height_mm": round(p.height_px / layout.px_per_mm, 3)} for p in layout.pulses
+        ],
+        "strips": [
+            {
+                "baseline_px": round(band.baseline_px, 1),
+                "x_start_px": round(x0, 1),
+                "x_end_px": round(x1, 1),
+            }
+            for band, x0, x1 in zip(layout.rows, layout.row_x_start_px, layout.row_x_end_px, strict=True)
+        ],
+        "lead_confidence": {lead: round(c, 3) for lead, c in result.confidence.items()},
+        "warnings": result.warnings,
+        "timings_s": result.timings_s,
+    }
+
+
+def draw_overlay(result: DigitizationResult) -> np.ndarray:
+    """Draw the digitized signal back onto the normalized page, for visual quality control.
+
+    Parameters
+    ----------
+    result : DigitizationResult
+        The digitized page.
+
+    Returns
+    -------
+    (rows, cols, 3) ndarray of uint8
+        The page, faded, with each lead's digitized trace in colour and strip baselines dotted.
+    """
+    layout = result.layout
+    canvas = (0.55 * result.page.image.astype(np.float32) + 0.45 * 255).astype(np.uint8)
+    px_per_s = layout.px_per_mm * layout.mm_per_s
+    px_per_mv = layout.px_per_mm * layout.mm_per_mv
+    t = np.arange(result.record.n_samples) / result.record.fs_hz
+    palette = [(220, 20, 60), (0, 90, 200), (0, 150, 60)]
+    for k, (lead, row, start_s, end_s) in enumerate(layout.panels):
+        if lead not in result.record.lead_names:
+            continue
+        values = result.record.lead(lead)
+        window = (t >= start_s) & (t < end_s) & np.isfinite(values)
+        if not np.any(window):
+            continue
+        x = layout.row_x_start_px[row] + t[window] * px_per_s
+        y = layout.rows[row].baseline_px - values[window] * px_per_mv
+        points = np.round(np.stack([x, y], axis=1) * 4).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(canvas, [points], False, palette[k % len(palette)], 1, cv2.LINE_AA, shift=2)
+        cv2.putText(
+            canvas, lead, (int(x[0]), int(layout.rows[row].baseline_px - 4 * layout.px_per_mm)),
+            cv2.FONT_HERSHEY_SIMPLEX, 0.5, palette[k % len(palette)], 1, cv2.LINE_AA,
+        )  # fmt: skip
+    for band in layout.rows:
+        y = round(band.baseline_px)
+        canvas[y, :: max(2, round(layout.px_per_mm))] = (255, 140, 0)
+    return canvas
+
+
+@dataclass(frozen=True)
+class PageOutcome:
+    """What happened to one input page in a batch.
+
+    Attributes
+    ----------
+    source : Path
+        The input image.
+    status : str
+        ``"done"``, ``"skipped"`` (outputs existed) or ``"failed"``.
+    message : str
+        One line: the failure reason, or a summary.
+    record_path : Path or None
+        The written record stem.
+    seconds : float
+        Wall time spent on the page.
+    """
+
+    source: Path
+    status: str
+    message: str = ""
+    record_path: Path | None = None
+    seconds: float = 0.0
+
+
+def record_name_for(path: Path) -> str:
+    """Return a WFDB-safe record name for an input image (its stem, unsafe characters replaced)."""
+    return _RECORD_NAME_UNSAFE.sub("_", path.stem).strip("_") or "record"
+
+
+def output_paths(source: Path, out_dir: Path) -> dict[str, Path]:
+    """Return the output files of one page: ``hea``, ``dat``, ``json`` (sidecar) and ``overlay``."""
+    stem = out_dir / record_name_for(source)
+    return {
+        "hea": stem.with_suffix(".hea"),
+        "dat": stem.with_suffix(".dat"),
+        "json": stem.with_suffix(".json"),
+        "overlay": out_dir / f"{stem.name}_overlay.png",
+    }
+
+
+def digitize_file(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    options: DigitizeOptions | None = None,
+    overlay: bool = False,
+    force: bool = False,
+) -> PageOutcome:
+    """Digitize one image file into ``out_dir``; never raises for a bad page.
+
+    Parameters
+    ----------
+    source : str or Path
+        Input image.
+    out_dir : str or Path
+        Output folder: ``<name>.hea/.dat`` (WFDB), ``<name>.json`` (sidecar), ``<name>_overlay.png``.
+    options : DigitizeOptions, optional
+        Run settings.
+    overlay : bool, optional
+        Also write the quality-control overlay.
+    force : bool, optional
+        Redo pages whose outputs already exist.
+
+    Returns
+    -------
+    PageOutcome
+        Status and one-line message.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    paths = output_paths(source, out_dir)
+    started = time.perf_counter()
+    if not force and all(paths[k].is_file() for k in ("hea", "dat", "json")):
+        return PageOutcome(
+            source, "skipped", "outputs exist (use --force to redo)", paths["hea"].with_suffix("")
+        )
+    try:
+        image = read_image(source)
+        result = digitize_image(image, name=record_name_for(source), options=options)
+        record_path = write_record(result.record, out_dir)
+        if overlay:
+            write_image(paths["overlay"], draw_overlay(result))
+        # The sidecar is written last: its presence marks the page as complete.
+        atomic_write_text(paths["json"], json.dumps(sidecar(result, source=source), indent=2) + "\n")
+    except EcgdigError as exc:
+        message = str(exc) if exc.path is not None else f"{source}: {exc}"
+        return PageOutcome(source, "failed", message, None, time.perf_counter() - started)
+    except MemoryError:
+        return PageOutcome(source, "failed", f"{source}: out of memory", None, time.perf_counter() - started)
+    shown = sum(np.any(np.isfinite(result.record.signal_mv), axis=0))
+    summary = f"{result.layout.template_name}, {shown} leads, {result.page.px_per_mm:.2f} px/mm"
+    return PageOutcome(source, "done", summary, record_path, time.perf_counter() - started)
+
+
+def collect_inputs(inputs: Iterable[str], stdin_lines: Iterable[str] = ()) -> list[Path]:
+    """Expand command-line inputs into image files, in a stable order.
+
+    Parameters
+    ----------
+    inputs : iterable of str
+        Files, folders (searched recursively for image suffixes) or ``-`` for a list on stdin.
+    stdin_lines : iterable of str
+        The lines of standard input, used where ``-`` appears.
+
+    Returns
+    -------
+    list of Path
+        Image paths, duplicates removed. Missing files are kept, so the batch reports them.
+    """
+    seen: dict[Path, None] = {}
+    for item in inputs:
+        if item == "-":
+            candidates: Iterable[Path] = (Path(line.strip()) for line in stdin_lines if line.strip())
+        else:
+            path = Path(item)
+            if path.is_dir():
+                candidates = sorted(
+                    p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                )
+            else:
+                candidates = [path]
+        for candidate in candidates:
+            seen.setdefault(candidate, None)
+    return list(seen)
+
+
+def _digitize_worker(args: tuple[Path, Path, DigitizeOptions, bool, bool]) -> PageOutcome:
+    source, out_dir, options, overlay, force = args
+    return digitize_file(source, out_dir, options=options, overlay=overlay, force=force)
+
+
+def digitize_files(
+    sources: list[Path],
+    out_dir: str | Path,
+    *,
+    options: DigitizeOptions | None = None,
+    overlay: bool = False,
+    force: bool = False,
+    workers: int = 1,
+    on_page: Callable[[PageOutcome], None] | None = None,
+) -> list[PageOutcome]:
+    """Digitize many pages; a failed page never stops the batch.
+
+    Parameters
+    ----------
+    sources : list of Path
+        Input images (see :func:`collect_inputs`).
+    out_dir : str or Path
+        Output folder.
+    options : DigitizeOptions, optional
+        Run settings.
+    overlay : bool, optional
+        Write quality-control overlays.
+    force : bool, optional
+        Redo pages whose outputs exist.
+    workers : int, optional
+        Parallel processes (1 = in this process).
+    on_page : callable, optional
+        Called with each :class:`PageOutcome` as it completes (for progress display).
+
+    Returns
+    -------
+    list of PageOutcome
+        One per source, in input order.
+    """
+    out_dir = Path(out_dir)
+    options = options or DigitizeOptions()
+    jobs, clashes = _plan_jobs(sources, out_dir, options, overlay, force)
+    outcomes: dict[Path, PageOutcome] = dict(clashes)
+    for outcome in clashes.values():
+        if on_page:
+            on_page(outcome)
+    for outcome in _run_jobs(jobs, workers):
+        outcomes[outcome.source] = outcome
+        if on_page:
+            on_page(outcome)
+    return [outcomes[s] for s in sources if s in outcomes]
+
+
+def _plan_jobs(
+    sources: list[Path], out_dir: Path, options: DigitizeOptions, overlay: bool, force: bool
+) -> tuple[list[tuple[Path, Path, DigitizeOptions, bool, bool]], dict[Path, PageOutcome]]:
+    """Refuse inputs whose record name clashes with an earlier input's, so no output is overwritten."""
+    taken: dict[str, Path] = {}
+    jobs = []
+    clashes: dict[Path, PageOutcome] = {}
+    for source in sources:
+        name = record_name_for(source)
+        if name in taken:
+            clashes[source] = PageOutcome(
+                source,
+                "failed",
+                f"{source}: record name {name!r} is already used by {taken[name]}; rename one",
+            )
+            continue
+        taken[name] = source
+        jobs.append((source, out_dir, options, overlay, force))
+    return jobs, clashes
+
+
+def _run_jobs(
+    jobs: list[tuple[Path, Path, DigitizeOptions, bool, bool]], workers: int
+) -> Iterator[PageOutcome]:
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(_digitize_worker, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(_digitize_worker, jobs)

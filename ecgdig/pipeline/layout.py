@@ -1,0 +1,308 @@
+"""Layout: find the strips of trace on a page, the calibration pulse, and which lead is where.
+
+Strips are found from the trace mask alone: a strip of trace covers nearly every column near its
+baseline, whereas lines of text cover a fraction. The number of strips selects a layout template
+(``ecgdig/layouts/*.yaml``) unless the user names one. The calibration pulse (a 1 mV rectangle at
+the start of a strip) gives the voltage gain in mm/mV and cross-checks the grid scale.
+
+References
+----------
+.. [1] AHA/ACCF/HRS recommendations for the standardization of the electrocardiogram, Part I, 2007
+       (calibration pulse: 1 mV, standard gain 10 mm/mV, standard speed 25 mm/s).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import uniform_filter1d
+from scipy.signal import find_peaks
+
+from ecgdig.errors import DigitizationError
+from ecgdig.layouts import LayoutTemplate, load_layout
+from ecgdig.types import CalibrationPulse, PageLayout, RowBand, RowTrace
+
+__all__ = [
+    "DEFAULT_DURATION_S",
+    "DEFAULT_MM_PER_MV",
+    "DEFAULT_MM_PER_S",
+    "STANDARD_GAINS_MM_PER_MV",
+    "find_calibration_pulse",
+    "find_rows",
+    "infer_layout",
+    "template_for_row_count",
+]
+
+DEFAULT_MM_PER_S = 25.0
+DEFAULT_MM_PER_MV = 10.0
+DEFAULT_DURATION_S = 10.0
+STANDARD_GAINS_MM_PER_MV = (2.5, 5.0, 10.0, 20.0, 40.0)
+
+#: Template chosen for a page with this many strips when the user names none.
+_TEMPLATE_BY_ROW_COUNT = {1: "12x1", 3: "3x4", 4: "3x4+1", 5: "3x4+1", 6: "3x4+3", 12: "12x1"}
+#: Strips closer than this (mm) are one strip.
+_MIN_ROW_SPACING_MM = 8.0
+#: A strip covers at least this fraction of the best strip's column coverage.
+_MIN_RELATIVE_COVERAGE = 0.55
+
+
+def find_rows(probability: np.ndarray, px_per_mm: float, *, threshold: float = 0.5) -> list[RowBand]:
+    """Find the horizontal strips of ECG trace on a page.
+
+    Parameters
+    ----------
+    probability : (rows, cols) ndarray of float
+        Trace probability in [0, 1].
+    px_per_mm : float
+        Page scale.
+    threshold : float, optional
+        Probability above which a pixel is trace.
+
+    Returns
+    -------
+    list of RowBand
+        Strips from top to bottom, each with a search band reaching three quarters of the way to
+        its neighbours (tall complexes cross into the next strip).
+
+    Raises
+    ------
+    DigitizationError
+        If no strip of trace is found.
+    """
+    mask = probability >= threshold
+    n_rows, n_cols = mask.shape
+    reach = max(1, round(1.5 * px_per_mm))
+    # Column coverage near each row: is there any ink within +-1.5 mm of it in that column?
+    cum = np.vstack([np.zeros((1, n_cols), dtype=np.int32), np.cumsum(mask, axis=0, dtype=np.int32)])
+    lo = np.clip(np.arange(n_rows) - reach, 0, n_rows)
+    hi = np.clip(np.arange(n_rows) + reach + 1, 0, n_rows)
+    ink_cols = (cum[hi] - cum[lo]) > 0
+    active = np.nonzero(mask.any(axis=0))[0]
+    if active.size == 0:
+        raise DigitizationError("no trace ink found on the page")
+    span = slice(active[0], active[-1] + 1)
+    coverage = ink_cols[:, span].mean(axis=1)
+    smooth = uniform_filter1d(coverage, size=max(3, round(px_per_mm)), mode="nearest")
+    best = float(smooth.max())
+    if best < 0.2:
+        raise DigitizationError(f"no strip of ECG trace found (best row coverage {best:.0%})")
+    peaks, _ = find_peaks(
+        smooth,
+        height=_MIN_RELATIVE_COVERAGE * best,
+        distance=max(1, round(_MIN_ROW_SPACING_MM * px_per_mm)),
+        prominence=0.1 * best,
+    )
+    if peaks.size == 0:
+        peaks = np.array([int(np.argmax(smooth))])
+    ink_per_row = mask[:, span].sum(axis=1).astype(np.float64)
+    baselines = []
+    for p in peaks:
+        # The isoelectric line is where the trace spends most of its time: the densest row nearby.
+        lo_p, hi_p = max(0, p - 2 * reach), min(n_rows, p + 2 * reach + 1)
+        baselines.append(float(lo_p + np.argmax(ink_per_row[lo_p:hi_p])))
+    baselines_arr = np.asarray(baselines)
+    bands = []
+    for i, (b, p) in enumerate(zip(baselines_arr, peaks, strict=True)):
+        above = b - baselines_arr[i - 1] if i > 0 else None
+        below = baselines_arr[i + 1] - b if i + 1 < baselines_arr.size else None
+        spacing_up = above if above is not None else (below if below is not None else 40 * px_per_mm)
+        spacing_down = below if below is not None else spacing_up
+        top = max(0, int(b - 0.75 * spacing_up))
+        bottom = min(n_rows - 1, int(b + 0.75 * spacing_down))
+        bands.append(RowBand(baseline_px=b, top_px=top, bottom_px=bottom, coverage=float(smooth[p])))
+    return bands
+
+
+def template_for_row_count(n_rows: int) -> LayoutTemplate:
+    """Return the layout template assumed for a page showing ``n_rows`` strips.
+
+    Parameters
+    ----------
+    n_rows : int
+        Number of strips found.
+
+    Returns
+    -------
+    LayoutTemplate
+        The usual print with that many strips (4: ``3x4+1``, 6: ``3x4+3``, 12: ``12x1``...).
+
+    Raises
+    ------
+    DigitizationError
+        If no shipped layout has that many strips.
+    """
+    name = _TEMPLATE_BY_ROW_COUNT.get(n_rows)
+    if name is None:
+        raise DigitizationError(
+            f"found {n_rows} strips of trace, which matches no known layout; pass --layout"
+        )
+    return load_layout(name)
+
+
+def find_calibration_pulse(
+    trace: RowTrace, baseline_px: float, px_per_mm: float
+) -> tuple[float, float, float] | None:
+    """Find a rectangular calibration pulse at the start of a strip's trace.
+
+    Parameters
+    ----------
+    trace : RowTrace
+        The strip's followed trace.
+    baseline_px : float
+        The strip's baseline row.
+    px_per_mm : float
+        Page scale.
+
+    Returns
+    -------
+    tuple of (x_start_px, x_end_px, height_px) or None
+        Rising and falling columns and the plateau height above the baseline, or None if the strip
+        does not start with a pulse.
+    """
+    window = trace.x_px <= trace.x_first + 12 * px_per_mm
+    x = trace.x_px[window]
+    elevation = baseline_px - trace.y_px[window]
+    raised = elevation > 2.0 * px_per_mm
+    if not np.any(raised):
+        return None
+    # The longest stretch of raised points.
+    idx = np.nonzero(raised)[0]
+    breaks = np.nonzero(np.diff(idx) > 1)[0]
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [idx.size - 1]])
+    lengths = x[idx[ends]] - x[idx[starts]]
+    k = int(np.argmax(lengths))
+    x0, x1 = x[idx[starts[k]]], x[idx[ends[k]]]
+    width_mm = (x1 - x0) / px_per_mm
+    if not 1.5 <= width_mm <= 8.0 or (x0 - trace.x_first) > 3.0 * px_per_mm:
+        return None
+    plateau = elevation[idx[starts[k]] : idx[ends[k]] + 1]
+    inner = plateau[plateau.size // 5 : max(plateau.size // 5 + 1, plateau.size - plateau.size // 5)]
+    height = float(np.median(inner))
+    if np.std(inner) > 0.4 * px_per_mm:
+        return None
+    return float(x0), float(x1), height
+
+
+def _snap_gain(mm_per_mv: float) -> float:
+    nearest = min(STANDARD_GAINS_MM_PER_MV, key=lambda g: abs(g / mm_per_mv - 1))
+    return nearest if abs(nearest / mm_per_mv - 1) < 0.12 else mm_per_mv
+
+
+def infer_layout(
+    rows: list[RowBand],
+    traces: list[RowTrace | None],
+    px_per_mm: float,
+    *,
+    template: LayoutTemplate | None = None,
+    mm_per_s: float | None = None,
+    mm_per_mv: float | None = None,
+    duration_s: float = DEFAULT_DURATION_S,
+) -> PageLayout:
+    """Decide lead placement, time origin and gain from the strips and their traces.
+
+    Parameters
+    ----------
+    rows : list of RowBand
+        Strips from :func:`find_rows`.
+    traces : list of RowTrace or None
+        The followed trace of each strip.
+    px_per_mm : float
+        Page scale from the grid.
+    template : LayoutTemplate, optional
+        Layout to use; by default chosen from the number of strips.
+    mm_per_s : float, optional
+        Paper speed; default 25 mm/s.
+    mm_per_mv : float, optional
+        Gain; default from the calibration pulse, else 10 mm/mV.
+    duration_s : float, optional
+        Time shown by a full strip.
+
+    Returns
+    -------
+    PageLayout
+        Everything :func:`ecgdig.pipeline.vectorize.traces_to_record` needs.
+
+    Raises
+    ------
+    DigitizationError
+        If no strip has a trace.
+    """
+    warnings: list[str] = []
+    usable = [i for i, t in enumerate(traces) if t is not None]
+    if not usable:
+        raise DigitizationError("no trace could be followed on any strip")
+    if template is None:
+        template = template_for_row_count(len(rows))
+    elif template.n_rows != len(rows):
+        warnings.append(
+            f"layout {template.name} has {template.n_rows} strips but {len(rows)} were found; "
+            "strips are matched from the top"
+        )
+    speed = float(mm_per_s) if mm_per_s else DEFAULT_MM_PER_S
+
+    pulses: list[CalibrationPulse] = []
+    x_start: list[float] = []
+    x_end: list[float] = []
+    for i, (band, trace) in enumerate(zip(rows, traces, strict=True)):
+        if trace is None:
+            x_start.append(np.nan)
+            x_end.append(np.nan)
+            continue
+        start = float(trace.x_first)
+        found = find_calibration_pulse(trace, band.baseline_px, px_per_mm)
+        if found is not None:
+            p0, p1, height = found
+            pulses.append(CalibrationPulse(row=i, x_start_px=p0, x_end_px=p1, height_px=height))
+            # Printers (and ecg-image-kit) start the signal where the pulse falls back.
+            start = p1
+        x_start.append(start)
+        x_end.append(float(trace.x_last))
+    starts = np.asarray(x_start)
+    ends = np.asarray(x_end)
+    # Strips of one page share their time origin; an outlier start means a faint or clipped start.
+    median_start = float(np.nanmedian(starts))
+    median_end = float(np.nanmedian(ends))
+    tolerance = 3.0 * px_per_mm
+    starts = np.where(np.isnan(starts) | (np.abs(starts - median_start) > tolerance), median_start, starts)
+    ends = np.where(np.isnan(ends) | (np.abs(ends - median_end) > tolerance), median_end, ends)
+
+    gain_source = "default"
+    gain = DEFAULT_MM_PER_MV
+    if mm_per_mv:
+        gain, gain_source = float(mm_per_mv), "user"
+    elif pulses:
+        measured = float(np.median([p.height_px for p in pulses])) / px_per_mm
+        gain = _snap_gain(measured)
+        gain_source = "pulse"
+        if abs(measured / gain - 1) > 0.03:
+            warnings.append(
+                f"calibration pulse is {measured:.2f} mm tall, {100 * (measured / gain - 1):+.1f}% off "
+                f"{gain:g} mm/mV: check the scale"
+            )
+    else:
+        warnings.append("no calibration pulse found; assuming 10 mm/mV")
+
+    span_s = float(np.median(ends - starts)) / px_per_mm / speed
+    if abs(span_s / duration_s - 1) > 0.08:
+        warnings.append(
+            f"strips span {span_s:.2f} s at {speed:g} mm/s, not the {duration_s:g} s expected; "
+            "check --mm-per-s and --layout"
+        )
+
+    panels = tuple(
+        (p.lead, p.row, *p.time_window_s(duration_s)) for p in template.panels() if p.row < len(rows)
+    )
+    return PageLayout(
+        template_name=template.name,
+        rows=tuple(rows),
+        row_x_start_px=tuple(float(s) for s in starts),
+        row_x_end_px=tuple(float(e) for e in ends),
+        px_per_mm=px_per_mm,
+        mm_per_s=speed,
+        mm_per_mv=gain,
+        duration_s=duration_s,
+        panels=panels,
+        pulses=tuple(pulses),
+        gain_source=gain_source,
+        warnings=tuple(warnings),
+    )

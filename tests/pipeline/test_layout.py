@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from synthetic import PX_PER_MM, draw_strips, ecg_like
+
+from ecgdig.errors import DigitizationError
+from ecgdig.pipeline.layout import find_rows, infer_layout, template_for_row_count
+from ecgdig.pipeline.vectorize import follow_trace
+
+
+@pytest.mark.parametrize("mm_per_mv", [5.0, 10.0, 20.0])
+def test_calibration_pulse_gives_the_gain(mm_per_mv: float) -> None:
+    # Prepare: pulses 1 mV tall at the given gain, before each of four strips.
+    fs = 500.0
+    strips = [ecg_like(fs, 10.0, seed=s, amplitude_mv=0.8) for s in range(4)]
+    prob, _, x_start = draw_strips(strips, fs, mm_per_mv=mm_per_mv, pulse=True, row_spacing_mm=45.0)
+
+    # Execute
+    rows = find_rows(prob, PX_PER_MM)
+    traces = [follow_trace(prob, r, PX_PER_MM) for r in rows]
+    layout = infer_layout(rows, traces, PX_PER_MM)
+
+    # Assert: gain read from the pulse; time zero where the pulse falls (within 1 mm = 0.04 s).
+    assert layout.gain_source == "pulse"
+    assert layout.mm_per_mv == mm_per_mv
+    assert len(layout.pulses) >= 3
+    assert all(abs(s - x_start) < PX_PER_MM for s in layout.row_x_start_px)
+
+
+def test_no_pulse_defaults_to_10_mm_per_mv_with_a_warning() -> None:
+    fs = 500.0
+    prob, _, _ = draw_strips([ecg_like(fs, 10.0, seed=s) for s in range(4)], fs)
+    rows = find_rows(prob, PX_PER_MM)
+    layout = infer_layout(rows, [follow_trace(prob, r, PX_PER_MM) for r in rows], PX_PER_MM)
+    assert layout.mm_per_mv == 10.0 and layout.gain_source == "default"
+    assert any("no calibration pulse" in w for w in layout.warnings)
+
+
+def test_row_count_selects_template() -> None:
+    assert template_for_row_count(4).name == "3x4+1"
+    assert template_for_row_count(12).name == "12x1"
+    with pytest.raises(DigitizationError, match="7 strips"):
+        template_for_row_count(7)
+
+
+def test_blank_page_has_no_rows() -> None:
+    with pytest.raises(DigitizationError, match="no trace ink"):
+        find_rows(np.zeros((800, 1000), dtype=np.float32), PX_PER_MM)
