@@ -19,7 +19,7 @@ def test_3x4_plus_1_panels_follow_the_challenge_convention() -> None:
     assert len(layout.leads) == 12
 
 
-@pytest.mark.parametrize("name", ["3x4+1", "3x4+3", "3x4", "6x2", "12x1", "6x1"])
+@pytest.mark.parametrize("name", ["3x4+1", "3x4+2", "3x4+3", "3x4", "6x2", "12x1", "6x1"])
 def test_shipped_layouts_load(name: str) -> None:
     assert name in available_layouts()
     assert load_layout(name).name == name

@@ -38,7 +38,7 @@ DEFAULT_DURATION_S = 10.0
 STANDARD_GAINS_MM_PER_MV = (2.5, 5.0, 10.0, 20.0, 40.0)
 
 #: Template chosen for a page with this many strips when the user names none.
-_TEMPLATE_BY_ROW_COUNT = {1: "12x1", 3: "3x4", 4: "3x4+1", 5: "3x4+1", 6: "3x4+3", 12: "12x1"}
+_TEMPLATE_BY_ROW_COUNT = {3: "3x4", 4: "3x4+1", 5: "3x4+2", 6: "3x4+3", 12: "12x1"}
 #: Strips closer than this (mm) are one strip.
 _MIN_ROW_SPACING_MM = 8.0
 #: A strip covers at least this fraction of the best strip's column coverage.

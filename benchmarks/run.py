@@ -1,0 +1,272 @@
+"""``make bench``: digitization quality and speed, written as Markdown tables.
+
+Quality: pages rendered by ``ecgdig render`` from the 18 held-out PTB-XL test records (clean, scanner
+and phone profiles), the 8 real phone photos with truth, and the ecg-image-kit sample page, each
+digitized and scored with the PhysioNet Challenge 2024 SNR. Robustness: every real clinical scan
+without truth must give a record or a one-line error. Speed: seconds per 200 dpi page and peak memory,
+median over pages and repeats, measured in a child process limited to 2 threads.
+
+CPU speed on shared machines swings 2-5x between runs, so figures are medians and ratios measured
+within one run, never absolute pass/fail thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+TEST_RECORDS = DATA / "records" / "ptbxl_500hz"
+
+
+def _render(profile: str, out: Path, seed: int, n_pages: int, layout: str | None = None) -> list[Path]:
+    """Render ``n_pages`` pages from the test records: each record once, then second pages as needed.
+
+    Pages beyond ``n_pages`` are deleted with their truth files, so the folder's truth records are
+    exactly those of the returned pages.
+    """
+    from ecgdig.render import find_records, render_to_files
+
+    records = find_records([TEST_RECORDS])
+    per_record = -(-n_pages // len(records))
+    pages = render_to_files(
+        records, out, profile=profile, seed=seed, pages_per_record=per_record, layout=layout
+    )
+    # Names end in -<k>: take every record's page 0 first, then page 1, ...
+    pages = sorted(pages, key=lambda p: (int(p.stem.rsplit("-", 1)[1]), p.stem))
+    for surplus in pages[n_pages:]:
+        for sibling in out.glob(f"{surplus.stem}[._]*"):
+            sibling.unlink()
+    return pages[:n_pages]
+
+
+def _digitize_and_score(
+    pages: list[Path], truth_dir: Path, pred_dir: Path, segmenter: str
+) -> dict[str, object]:
+    from ecgdig.evaluate import evaluate_folders
+    from ecgdig.pipeline.digitize import DigitizeOptions, digitize_files
+
+    outcomes = digitize_files(pages, pred_dir, options=DigitizeOptions(segmenter=segmenter), force=True)
+    report = evaluate_folders(pred_dir, truth_dir)
+    failed = [o.message for o in outcomes if o.status == "failed"]
+    return {
+        "pages": len(pages),
+        "failed": len(failed),
+        "failures": failed,
+        "mean_snr_db": report.mean_snr_db,
+        "mean_snr_db_missing_as_zero": report.mean_snr_db_missing_as_zero,
+        "median_record_snr_db": statistics.median(
+            [r.mean_snr_db for r in report.records if r.mean_snr_db == r.mean_snr_db] or [float("nan")]
+        ),
+        "mean_r": _mean([row.pearson_r for row in report.rows]),
+        "n_perfect": report.n_perfect_leads,
+    }
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def _renamed_truth(pairs: list[tuple[Path, str]], out: Path) -> Path:
+    """Copy truth records under the page names, so pages and truths match by stem."""
+    from dataclasses import replace
+
+    from ecgdig.io import read_record, write_record
+
+    out.mkdir(parents=True, exist_ok=True)
+    for record_path, name in pairs:
+        write_record(replace(read_record(record_path), name=name), out)
+    return out
+
+
+def bench_quality(work: Path, seed: int, n_pages: int, segmenter: str) -> list[dict[str, object]]:
+    """Score rendered pages per profile, the real photos and the ecg-image-kit sample."""
+    rows: list[dict[str, object]] = []
+    for profile in ("clean", "scanner", "phone"):
+        page_dir = work / "pages" / profile
+        pages = _render(profile, page_dir, seed, n_pages, layout="3x4+1" if profile == "clean" else None)
+        result = _digitize_and_score(pages, page_dir, work / "pred" / profile, segmenter)
+        rows.append({"set": f"rendered {profile} ({len(pages)} pages, 18 test records)", **result})
+    photos = sorted((DATA / "pages" / "photos_with_truth").glob("*.jpg"))
+    truth = _renamed_truth(
+        [(DATA / "records" / "paper2pulse_truth_500hz" / p.stem.removesuffix("-0"), p.stem) for p in photos],
+        work / "truth" / "photos",
+    )
+    rows.append(
+        {
+            "set": "real phone photos (8)",
+            **_digitize_and_score(photos, truth, work / "pred" / "photos", segmenter),
+        }
+    )
+    eik = DATA / "rendered_with_truth" / "00001_lr-0.png"
+    truth = _renamed_truth(
+        [(DATA / "records" / "ptbxl_100hz" / "00001_lr", eik.stem)], work / "truth" / "eik"
+    )
+    rows.append(
+        {
+            "set": "ecg-image-kit sample 00001_lr (Jan 2024 time convention)",
+            **_digitize_and_score([eik], truth, work / "pred" / "eik", segmenter),
+        }
+    )
+    return rows
+
+
+def bench_robustness(work: Path, segmenter: str) -> dict[str, object]:
+    """Digitize every real scan without truth; count records and one-line errors."""
+    from ecgdig.pipeline.digitize import DigitizeOptions, digitize_files
+
+    scans = sorted(
+        p for p in (DATA / "pages" / "real_no_truth").iterdir() if p.suffix.lower() in {".png", ".jpg"}
+    )
+    outcomes = digitize_files(
+        scans, work / "pred" / "real_no_truth", options=DigitizeOptions(segmenter=segmenter), force=True
+    )
+    return {
+        "images": len(scans),
+        "records": sum(o.status == "done" for o in outcomes),
+        "errors": [o.message for o in outcomes if o.status == "failed"],
+    }
+
+
+_SPEED_CHILD = r"""
+import json, resource, sys, time
+import torch
+torch.set_num_threads(2)
+from ecgdig.io import read_image
+from ecgdig.pipeline.digitize import DigitizeOptions, digitize_image
+pages, repeats, segmenter = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+images = [read_image(p) for p in pages]
+digitize_image(images[0], options=DigitizeOptions(segmenter=segmenter))  # warm-up
+out = []
+for image in images:
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = digitize_image(image, options=DigitizeOptions(segmenter=segmenter))
+        out.append({"total_s": time.perf_counter() - t0, **result.timings_s})
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"runs": out, "peak_rss_mb": peak_mb}))
+"""
+
+
+def bench_speed(pages: list[Path], repeats: int, segmenter: str) -> dict[str, object]:
+    """Median seconds per page (2 threads) and per stage, and peak resident memory."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SPEED_CHILD, json.dumps([str(p) for p in pages]), str(repeats), segmenter],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = data["runs"]
+    stages = [k for k in runs[0] if k != "total_s"]
+    return {
+        "pages": len(pages),
+        "repeats": repeats,
+        "median_s": statistics.median(r["total_s"] for r in runs),
+        "min_s": min(r["total_s"] for r in runs),
+        "max_s": max(r["total_s"] for r in runs),
+        "stages_median_s": {s: statistics.median(r[s] for r in runs) for s in stages},
+        "peak_rss_mb": data["peak_rss_mb"],
+    }
+
+
+def to_markdown(
+    quality: list[dict[str, object]],
+    robust: dict[str, object],
+    speed: dict[str, object],
+    meta: dict[str, object],
+) -> str:
+    """Format the results as the Markdown written to ``docs/benchmarks-latest.md``."""
+    lines = [
+        "# Latest `make bench` run",
+        "",
+        f"Run {meta['date']} on {meta['machine']} (Python {meta['python']}), segmenter `{meta['segmenter']}`, "
+        f"seed {meta['seed']}, {meta['wall_s']:.0f} s wall.",
+        "",
+        "## Digitization quality (PhysioNet Challenge 2024 SNR, mean over (record, lead) pairs)",
+        "",
+        "| page set | pages | failed | mean SNR dB | missing as 0 dB | median record SNR dB | mean r |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in quality:
+        lines.append(
+            f"| {row['set']} | {row['pages']} | {row['failed']} | {row['mean_snr_db']:.2f} | "
+            f"{row['mean_snr_db_missing_as_zero']:.2f} | {row['median_record_snr_db']:.2f} | {row['mean_r']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Real clinical scans without truth",
+        "",
+        f"{robust['records']} of {robust['images']} images gave a record; the others gave one-line errors:",
+        "",
+    ]
+    lines += [f"- `{Path(str(e).split(':')[0]).name}`: {str(e).split(': ', 1)[-1]}" for e in robust["errors"]]  # type: ignore[attr-defined]
+    stages = speed["stages_median_s"]
+    lines += [
+        "",
+        "## Speed (200 dpi clean pages, 2 threads)",
+        "",
+        f"Median {speed['median_s']:.2f} s per page (min {speed['min_s']:.2f}, max {speed['max_s']:.2f}) over "
+        f"{speed['pages']} pages x {speed['repeats']} repeats; peak resident memory {speed['peak_rss_mb']:.0f} MB.",
+        "",
+        "| stage | median s | share |",
+        "|---|---:|---:|",
+    ]
+    total = sum(stages.values()) or 1.0  # type: ignore[union-attr]
+    for stage, seconds in stages.items():  # type: ignore[union-attr]
+        lines.append(f"| {stage} | {seconds:.3f} | {seconds / total:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Run the benchmarks and write the Markdown report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-latest.md")
+    parser.add_argument("--pages", type=int, default=20, help="rendered pages per profile")
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--segmenter", default="classical")
+    parser.add_argument("--speed-pages", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"benchmarks need the real data at {DATA}")
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="ecgdig-bench-") as tmp:
+        work = Path(tmp)
+        quality = bench_quality(work, args.seed, args.pages, args.segmenter)
+        robust = bench_robustness(work, args.segmenter)
+        clean_pages = sorted((work / "pages" / "clean").glob("*.png"))
+        clean_pages = [p for p in clean_pages if not p.stem.endswith(("_mask", "_labels"))][
+            : args.speed_pages
+        ]
+        speed = bench_speed(clean_pages, args.repeats, args.segmenter)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "segmenter": args.segmenter,
+        "seed": args.seed,
+        "wall_s": time.time() - started,
+    }
+    markdown = to_markdown(quality, robust, speed, meta)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown, encoding="utf-8")
+    args.out.with_suffix(".json").write_text(
+        json.dumps(
+            {"quality": quality, "robustness": robust, "speed": speed, "meta": meta}, indent=2, default=str
+        )
+    )
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
