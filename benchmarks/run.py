@@ -65,7 +65,7 @@ def _digitize_and_score(
         "mean_snr_db": report.mean_snr_db,
         "mean_snr_db_missing_as_zero": report.mean_snr_db_missing_as_zero,
         "median_record_snr_db": statistics.median(
-            [r.mean_snr_db for r in report.records if r.mean_snr_db == r.mean_snr_db] or [float("nan")]
+            [r.snr_db for r in report.records if r.snr_db == r.snr_db] or [float("nan")]
         ),
         "mean_r": _mean([row.pearson_r for row in report.rows]),
         "n_perfect": report.n_perfect_leads,

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from ecgdig import __version__
 from ecgdig.errors import EcgdigError
@@ -221,6 +222,111 @@ def vectorize(
     out.print(f"{mask}: layout {info['layout']}, {info['mm_per_mv']:g} mm/mV -> {info['record']}")
     for warning in info["warnings"]:  # type: ignore[attr-defined]
         err.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+@app.command()
+def render(
+    records: Annotated[list[Path], typer.Argument(help="WFDB records (.hea or stem) or folders of them.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder for pages and their truth.")],
+    profile: Annotated[
+        str,
+        typer.Option(
+            "--profile", help="Site profile: clean, scanner, phone, ecg-image-kit, site-* or a YAML file."
+        ),
+    ] = "clean",
+    seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed gives byte-identical pages.")] = 0,
+    pages_per_record: Annotated[
+        int, typer.Option("--pages-per-record", min=1, help="Pages drawn per record.")
+    ] = 1,
+    layout: Annotated[str | None, typer.Option("--layout", help="Force a layout (3x4+1, 6x2, ...).")] = None,
+    dpi: Annotated[int | None, typer.Option("--dpi", min=50, max=600, help="Force a resolution.")] = None,
+) -> None:
+    """Render synthetic ECG pages with exact truth (mask, lead labels, boxes, reference record)."""
+    from ecgdig.render import find_records, render_to_files
+
+    try:
+        stems = find_records(records)
+        pages = render_to_files(
+            stems,
+            output,
+            profile=profile,
+            seed=seed,
+            pages_per_record=pages_per_record,
+            layout=layout,
+            dpi=dpi,
+        )
+    except EcgdigError as exc:
+        raise _fail(exc) from None
+    out.print(f"rendered {len(pages)} pages from {len(stems)} records ({profile} profile) -> {output}")
+
+
+class MetricChoice(StrEnum):
+    """Scoring metrics."""
+
+    challenge = "challenge"
+    kaggle = "kaggle"
+
+
+@app.command()
+def evaluate(
+    pred_dir: Annotated[Path, typer.Argument(help="Folder of digitized WFDB records.")],
+    truth_dir: Annotated[Path, typer.Argument(help="Folder of reference WFDB records (matched by name).")],
+    metric: Annotated[
+        MetricChoice, typer.Option("--metric", help="PhysioNet 2024 SNR or the 2025 Kaggle variant.")
+    ] = (MetricChoice.challenge),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the full report as JSON instead of tables.")
+    ] = False,
+    plots: Annotated[
+        Path | None,
+        typer.Option("--plots", help="Write one overlay PNG per record (digitized vs reference) here."),
+    ] = None,
+    per_lead: Annotated[
+        bool, typer.Option("--per-lead", help="Also print the table of every (record, lead).")
+    ] = False,
+) -> None:
+    """Score digitized records against references: SNR (dB), Pearson r and RMSE per lead and record."""
+    from ecgdig.evaluate import evaluate_folders, plot_overlays
+
+    try:
+        report = evaluate_folders(pred_dir, truth_dir, metric=metric.value)
+        if plots is not None:
+            plot_overlays(report, pred_dir, truth_dir, plots)
+    except EcgdigError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        out.print_json(report.to_json())
+        return
+    if per_lead:
+        leads = Table(title="Per lead", show_lines=False)
+        for column in ("record", "lead", "SNR dB", "r", "RMSE mV", "shift s", "note"):
+            leads.add_column(column, justify="left" if column in {"record", "lead", "note"} else "right")
+        for row in report.rows:
+            note = "perfect" if row.perfect else ("missing" if row.missing else "")
+            leads.add_row(
+                row.record, row.lead, f"{row.snr_db:.2f}", f"{row.pearson_r:.3f}", f"{row.rmse_mv:.3f}",
+                f"{row.shift_samples}", note,
+            )  # fmt: skip
+        out.print(leads)
+    records = Table(title=f"Per record ({report.metric} metric)")
+    for column in ("record", "SNR dB", "leads", "perfect", "prediction"):
+        records.add_column(column, justify="left" if column in {"record", "prediction"} else "right")
+    for summary in report.records:
+        records.add_row(
+            summary.record,
+            f"{summary.snr_db:.2f}",
+            str(summary.n_leads),
+            str(summary.n_perfect),
+            summary.prediction,
+        )
+    out.print(records)
+    out.print(
+        f"mean SNR {report.mean_snr_db:.2f} dB over {report.n_leads_scored} of {report.n_leads} "
+        "(record, lead) pairs; "
+        f"{report.mean_snr_db_missing_as_zero:.2f} dB counting unscored leads as 0 dB; "
+        f"{report.n_missing_records} missing records; {report.n_perfect_leads} perfect leads "
+        f"(capped at {report.perfect_snr_db:g} dB)"
+    )
 
 
 def main() -> None:

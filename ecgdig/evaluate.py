@@ -38,7 +38,14 @@ from ecgdig.metrics import (
 )
 from ecgdig.types import EcgRecord
 
-__all__ = ["EvaluationReport", "LeadRow", "RecordSummary", "evaluate_folders", "plot_overlay"]
+__all__ = [
+    "EvaluationReport",
+    "LeadRow",
+    "RecordSummary",
+    "evaluate_folders",
+    "plot_overlay",
+    "plot_overlays",
+]
 
 
 @dataclass(frozen=True)
@@ -361,3 +368,36 @@ def plot_overlay(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
+
+
+def plot_overlays(
+    report: EvaluationReport, pred_dir: str | Path, truth_dir: str | Path, out_dir: str | Path
+) -> list[Path]:
+    """Write one overlay PNG per evaluated record that has a readable prediction.
+
+    Parameters
+    ----------
+    report : EvaluationReport
+        The result of :func:`evaluate_folders` on the same folders.
+    pred_dir, truth_dir : str or Path
+        The folders that were evaluated.
+    out_dir : str or Path
+        Folder for ``<record>.png`` files (sub-folders mirror the truth folder).
+
+    Returns
+    -------
+    list of Path
+        The PNG files written.
+    """
+    pred_dir, truth_dir, out_dir = Path(pred_dir), Path(truth_dir), Path(out_dir)
+    skipped = set(report.missing_records) | {u.split(":", 1)[0] for u in report.unreadable_records}
+    written = []
+    for summary in report.records:
+        if summary.record in skipped:
+            continue
+        truth = read_record(truth_dir / summary.record)
+        pred = read_record(pred_dir / summary.record)
+        target = out_dir / f"{summary.record}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written.append(plot_overlay(pred, truth, target, metric=report.metric))  # type: ignore[arg-type]
+    return written

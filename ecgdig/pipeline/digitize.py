@@ -25,7 +25,7 @@ from ecgdig.io import atomic_write_text, read_image, write_image, write_record
 from ecgdig.layouts import load_layout
 from ecgdig.leads import STANDARD_LEADS
 from ecgdig.pipeline.grid import suppress_grid
-from ecgdig.pipeline.layout import DEFAULT_DURATION_S, find_rows, infer_layout
+from ecgdig.pipeline.layout import DEFAULT_DURATION_S, find_rows, infer_layout, rescale_from_layout
 from ecgdig.pipeline.normalize import normalize
 from ecgdig.pipeline.segment import segment
 from ecgdig.pipeline.vectorize import DEFAULT_FS_HZ, follow_trace, traces_to_record
@@ -56,6 +56,8 @@ __all__ = [
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 _RECORD_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+#: Below this grid confidence the scale is re-derived from the calibration pulse or strip length.
+_TRUSTED_SCALE_CONFIDENCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,11 @@ def digitize_image(
     lap("segment")
     try:
         vectorized = vectorize_probability(
-            probability.probability, page.px_per_mm, name=name, options=options
+            probability.probability,
+            page.px_per_mm,
+            name=name,
+            options=options,
+            scale_confidence=page.px_per_mm_confidence,
         )
     except DigitizationError as exc:
         if page.px_per_mm_confidence < 0.3:
@@ -210,7 +216,12 @@ class VectorizedPage:
 
 
 def vectorize_probability(
-    probability: np.ndarray, px_per_mm: float, *, name: str = "record", options: DigitizeOptions | None = None
+    probability: np.ndarray,
+    px_per_mm: float,
+    *,
+    name: str = "record",
+    options: DigitizeOptions | None = None,
+    scale_confidence: float = 1.0,
 ) -> VectorizedPage:
     """Turn a trace-probability map of a normalized page into a 12-lead record.
 
@@ -224,6 +235,9 @@ def vectorize_probability(
         Record name.
     options : DigitizeOptions, optional
         Layout, speed, gain, rate and abstention settings.
+    scale_confidence : float, optional
+        Confidence of ``px_per_mm`` (0..1). Below 0.5 the scale is re-derived from the calibration
+        pulse or the strip length where possible (see :func:`ecgdig.pipeline.layout.rescale_from_layout`).
 
     Returns
     -------
@@ -249,6 +263,22 @@ def vectorize_probability(
         mm_per_mv=options.mm_per_mv,
         duration_s=options.duration_s,
     )
+    if scale_confidence < _TRUSTED_SCALE_CONFIDENCE:
+        rescued = rescale_from_layout(layout)
+        if rescued is not None:
+            px_per_mm, how = rescued
+            layout = infer_layout(
+                rows,
+                traces,
+                px_per_mm,
+                template=template,
+                mm_per_s=options.mm_per_s,
+                mm_per_mv=options.mm_per_mv,
+                duration_s=options.duration_s,
+            )
+            layout = replace(
+                layout, warnings=(*layout.warnings, f"grid scale unreliable: px/mm taken from {how}")
+            )
     vectorized = traces_to_record(traces, layout, fs_hz=options.fs_hz, name=name)
     record = vectorized.record
     abstained = [lead for lead, c in vectorized.confidence.items() if c < options.min_confidence]

@@ -29,13 +29,14 @@ __all__ = [
     "find_calibration_pulse",
     "find_rows",
     "infer_layout",
+    "rescale_from_layout",
     "template_for_row_count",
 ]
 
 DEFAULT_MM_PER_S = 25.0
 DEFAULT_MM_PER_MV = 10.0
 DEFAULT_DURATION_S = 10.0
-STANDARD_GAINS_MM_PER_MV = (2.5, 5.0, 10.0, 20.0, 40.0)
+STANDARD_GAINS_MM_PER_MV = (5.0, 10.0, 20.0)
 
 #: Template chosen for a page with this many strips when the user names none.
 _TEMPLATE_BY_ROW_COUNT = {3: "3x4", 4: "3x4+1", 5: "3x4+2", 6: "3x4+3", 12: "12x1"}
@@ -161,7 +162,8 @@ def find_calibration_pulse(
     window = trace.x_px <= trace.x_first + 12 * px_per_mm
     x = trace.x_px[window]
     elevation = baseline_px - trace.y_px[window]
-    raised = elevation > 2.0 * px_per_mm
+    # The smallest standard pulse is 5 mm (1 mV at 5 mm/mV); anything lower is a P or T wave.
+    raised = elevation > 3.5 * px_per_mm
     if not np.any(raised):
         return None
     # The longest stretch of raised points.
@@ -178,8 +180,14 @@ def find_calibration_pulse(
     plateau = elevation[idx[starts[k]] : idx[ends[k]] + 1]
     inner = plateau[plateau.size // 5 : max(plateau.size // 5 + 1, plateau.size - plateau.size // 5)]
     height = float(np.median(inner))
-    if np.std(inner) > 0.4 * px_per_mm:
+    if np.std(inner) > 0.3 * px_per_mm:
         return None
+    # A pulse has vertical edges: within 0.6 mm before the plateau the trace is back near the baseline.
+    before = elevation[(x >= x0 - 0.6 * px_per_mm) & (x < x0)]
+    after = elevation[(x > x1) & (x <= x1 + 0.6 * px_per_mm)]
+    for edge in (before, after):
+        if edge.size and float(np.min(edge)) > 0.35 * height:
+            return None
     return float(x0), float(x1), height
 
 
@@ -306,3 +314,38 @@ def infer_layout(
         gain_source=gain_source,
         warnings=tuple(warnings),
     )
+
+
+def rescale_from_layout(layout: PageLayout) -> tuple[float, str] | None:
+    """Re-derive px/mm when the grid gave none: from the calibration pulse, else the strip length.
+
+    A calibration pulse is 1 mV, printed 5, 10 or 20 mm tall; taking the gain as the standard one
+    nearest to its height at the current scale gives px/mm. Without a pulse, full strips showing the
+    template's duration at the layout's paper speed give it (ecg-image-kit and most printers fill
+    the strip with exactly 10 s).
+
+    Parameters
+    ----------
+    layout : PageLayout
+        A layout inferred at a doubtful scale.
+
+    Returns
+    -------
+    tuple of (px_per_mm, method) or None
+        The new scale and a description, or None if neither cue is usable or the change would be
+        implausibly large (more than 30%).
+    """
+    if layout.pulses:
+        height_px = float(np.median([p.height_px for p in layout.pulses]))
+        gain = _snap_gain(height_px / layout.px_per_mm)
+        if gain in STANDARD_GAINS_MM_PER_MV:
+            candidate, how = height_px / gain, f"the calibration pulse ({gain:g} mm = 1 mV)"
+        else:
+            return None
+    else:
+        span_px = float(np.median(np.asarray(layout.row_x_end_px) - np.asarray(layout.row_x_start_px)))
+        candidate = span_px / (layout.duration_s * layout.mm_per_s)
+        how = f"the strip length ({layout.duration_s:g} s at {layout.mm_per_s:g} mm/s)"
+    if not 0.7 < candidate / layout.px_per_mm < 1.3:
+        return None
+    return candidate, how
