@@ -9,6 +9,7 @@ as the completion marker), and turns every expected failure into a one-line mess
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+#: Files written beside a page by ``render`` (truth) or ``digitize --overlay``; folders skip them.
+_DERIVED_SUFFIXES = ("_mask", "_labels", "_overlay")
+logger = logging.getLogger(__name__)
 _RECORD_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 #: Below this grid confidence the scale is re-derived from the calibration pulse or strip length.
 _TRUSTED_SCALE_CONFIDENCE = 0.5
@@ -279,6 +283,10 @@ def vectorize_probability(
             layout = replace(
                 layout, warnings=(*layout.warnings, f"grid scale unreliable: px/mm taken from {how}")
             )
+    # The layout may have ignored strips (text lines); keep the traces of the strips it uses.
+    kept = {id(band) for band in layout.rows}
+    traces = [trace for band, trace in zip(rows, traces, strict=True) if id(band) in kept]
+    rows = list(layout.rows)
     vectorized = traces_to_record(traces, layout, fs_hz=options.fs_hz, name=name)
     record = vectorized.record
     abstained = [lead for lead, c in vectorized.confidence.items() if c < options.min_confidence]
@@ -473,6 +481,10 @@ def digitize_file(
         return PageOutcome(source, "failed", message, None, time.perf_counter() - started)
     except MemoryError:
         return PageOutcome(source, "failed", f"{source}: out of memory", None, time.perf_counter() - started)
+    except Exception as exc:  # a bug on one page must not end the batch; say it is ours
+        logger.exception("internal error on %s", source)
+        message = f"{source}: internal error ({type(exc).__name__}: {exc}); please report it"
+        return PageOutcome(source, "failed", message, None, time.perf_counter() - started)
     shown = sum(np.any(np.isfinite(result.record.signal_mv), axis=0))
     summary = f"{result.layout.template_name}, {shown} leads, {result.page.px_per_mm:.2f} px/mm"
     return PageOutcome(source, "done", summary, record_path, time.perf_counter() - started)
@@ -484,7 +496,8 @@ def collect_inputs(inputs: Iterable[str], stdin_lines: Iterable[str] = ()) -> li
     Parameters
     ----------
     inputs : iterable of str
-        Files, folders (searched recursively for image suffixes) or ``-`` for a list on stdin.
+        Files, folders (searched recursively for image suffixes; ``X_mask``, ``X_labels`` and
+        ``X_overlay`` images beside a page ``X`` are skipped) or ``-`` for a list on stdin.
     stdin_lines : iterable of str
         The lines of standard input, used where ``-`` appears.
 
@@ -501,13 +514,24 @@ def collect_inputs(inputs: Iterable[str], stdin_lines: Iterable[str] = ()) -> li
             path = Path(item)
             if path.is_dir():
                 candidates = sorted(
-                    p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                    p
+                    for p in path.rglob("*")
+                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not _is_derived_image(p)
                 )
             else:
                 candidates = [path]
         for candidate in candidates:
             seen.setdefault(candidate, None)
     return list(seen)
+
+
+def _is_derived_image(path: Path) -> bool:
+    """Tell masks, label maps and overlays (``X_mask.png`` beside page ``X.*``) from pages."""
+    for suffix in _DERIVED_SUFFIXES:
+        if path.stem.endswith(suffix):
+            base = path.stem.removesuffix(suffix)
+            return any(path.with_name(base + ext).is_file() for ext in IMAGE_SUFFIXES)
+    return False
 
 
 def _digitize_worker(args: tuple[Path, Path, DigitizeOptions, bool, bool]) -> PageOutcome:

@@ -42,6 +42,8 @@ STANDARD_GAINS_MM_PER_MV = (5.0, 10.0, 20.0)
 _TEMPLATE_BY_ROW_COUNT = {3: "3x4", 4: "3x4+1", 5: "3x4+2", 6: "3x4+3", 12: "12x1"}
 #: Strips closer than this (mm) are one strip.
 _MIN_ROW_SPACING_MM = 8.0
+#: A trace has ink in at least this fraction of the columns it spans; text does not.
+_MIN_TRACE_CONTINUITY = 0.8
 #: A strip covers at least this fraction of the best strip's column coverage.
 _MIN_RELATIVE_COVERAGE = 0.55
 
@@ -137,6 +139,32 @@ def template_for_row_count(n_rows: int) -> LayoutTemplate:
             f"found {n_rows} strips of trace, which matches no known layout; pass --layout"
         )
     return load_layout(name)
+
+
+def _drop_weakest_rows(
+    rows: list[RowBand], traces: list[RowTrace | None]
+) -> tuple[list[RowBand], list[RowTrace | None], int]:
+    """Ignore strips that are not traces (text lines, stains) when choosing the layout.
+
+    A strip whose followed trace has ink in fewer than ``_MIN_TRACE_CONTINUITY`` of its columns is
+    broken like text, not continuous like a trace, and is dropped. If the number left still matches
+    no layout, the ``k`` strips with the highest coverage are kept, in page order, for the largest
+    known strip count ``k`` not above it.
+    """
+    continuous = [
+        i for i, t in enumerate(traces) if t is not None and float(np.mean(t.found)) >= _MIN_TRACE_CONTINUITY
+    ]
+    if len(continuous) < len(rows) and len(continuous) in _TEMPLATE_BY_ROW_COUNT:
+        keep = continuous
+    else:
+        counts = sorted(c for c in _TEMPLATE_BY_ROW_COUNT if c <= len(rows))
+        if len(rows) in _TEMPLATE_BY_ROW_COUNT or not counts:
+            return rows, traces, 0
+        strength = [
+            band.coverage if trace is not None else -1.0 for band, trace in zip(rows, traces, strict=True)
+        ]
+        keep = sorted(np.argsort(strength)[::-1][: counts[-1]].tolist())
+    return [rows[i] for i in keep], [traces[i] for i in keep], len(rows) - len(keep)
 
 
 def find_calibration_pulse(
@@ -240,6 +268,13 @@ def infer_layout(
     if not usable:
         raise DigitizationError("no trace could be followed on any strip")
     if template is None:
+        # Only when guessing the layout: a user-given layout says how many strips to expect.
+        rows, traces, dropped = _drop_weakest_rows(rows, traces)
+        if dropped:
+            warnings.append(
+                f"{len(rows) + dropped} strips found; {dropped} that look like text or noise (broken, or "
+                "least covered) were ignored; pass --layout if this is wrong"
+            )
         template = template_for_row_count(len(rows))
     elif template.n_rows != len(rows):
         warnings.append(

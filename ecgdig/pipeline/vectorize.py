@@ -133,7 +133,9 @@ def follow_trace(
         chosen_bottom[keep],
         chosen_centroid[keep],
     )
-    x_pts, y_pts = _column_polyline(chosen_cols, chosen_top, chosen_bottom, chosen_centroid, line_width)
+    x_pts, y_pts = _column_polyline(
+        chosen_cols, chosen_top, chosen_bottom, chosen_centroid, line_width, sub_prob.shape[0]
+    )
     x_first, x_last = int(chosen_cols[0]), int(chosen_cols[-1])
     found = np.zeros(x_last - x_first + 1, dtype=bool)
     found[chosen_cols - x_first] = True
@@ -148,9 +150,8 @@ def follow_trace(
 
 
 def _stroke_width(run_lengths: np.ndarray) -> float:
-    """Estimate the trace stroke width: the typical run length on flat stretches."""
-    short = run_lengths[run_lengths <= np.percentile(run_lengths, 60)]
-    return float(np.median(short)) if short.size else 1.0
+    """Estimate the trace stroke width: the run length on flat stretches, which are most columns."""
+    return float(np.percentile(run_lengths, 30)) if run_lengths.size else 1.0
 
 
 def _viterbi(
@@ -239,30 +240,60 @@ def _main_segments(cols: np.ndarray, top: np.ndarray, bottom: np.ndarray, px_per
 
 
 def _column_polyline(
-    cols: np.ndarray, top: np.ndarray, bottom: np.ndarray, centroid: np.ndarray, line_width: float
+    cols: np.ndarray,
+    top: np.ndarray,
+    bottom: np.ndarray,
+    centroid: np.ndarray,
+    line_width: float,
+    band_rows: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Turn chosen runs into a polyline that keeps peaks.
+    """Turn chosen runs into one point per column that keeps peaks.
 
-    A run no longer than the stroke gives one point at its centroid. A longer run means the trace
-    crossed the column steeply: it gives two points, the end nearer the previous point first, each
-    end pulled in by half a stroke width to sit on the centre line.
+    Along a steep stroke a column's run spans the height the stroke crosses in that column, and its
+    centroid sits on the centre line. At a peak the run's outer end is the apex, so where a run's
+    top (or bottom) is a local extreme among its neighbours and the run is taller than the stroke,
+    that end, pulled in by half a stroke width, replaces the centroid. Columns whose run is shared
+    with a stroke crossing the strip (both ends far from the neighbours) are dropped and left to
+    interpolation.
     """
     half = line_width / 2.0
-    xs: list[float] = []
-    ys: list[float] = []
-    prev_y = float(centroid[0])
-    for c, t, b, m in zip(cols.tolist(), top.tolist(), bottom.tolist(), centroid.tolist(), strict=True):
-        if b - t + 1 <= line_width + 1:
-            xs.append(c)
-            ys.append(m)
-            prev_y = m
-            continue
-        upper, lower = t + half, b - half
-        near, far = (upper, lower) if abs(prev_y - upper) <= abs(prev_y - lower) else (lower, upper)
-        xs.extend((c - 0.25, c + 0.25))
-        ys.extend((near, far))
-        prev_y = far
-    return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    y = centroid.astype(np.float64).copy()
+    n = cols.size
+    if n < 3:
+        return cols.astype(np.float64), y
+    tall = (bottom - top + 1) > line_width + 1
+    prev_top, next_top = np.r_[top[0], top[:-1]], np.r_[top[1:], top[-1]]
+    prev_bot, next_bot = np.r_[bottom[0], bottom[:-1]], np.r_[bottom[1:], bottom[-1]]
+    up_peak = tall & (top < prev_top) & (top <= next_top)
+    down_peak = tall & (bottom > prev_bot) & (bottom >= next_bot)
+    # A column can hold both extremes (a spike narrower than a pixel column): keep the bigger excursion.
+    up_gain = np.where(up_peak, centroid - (top + half), -np.inf)
+    down_gain = np.where(down_peak, (bottom - half) - centroid, -np.inf)
+    use_up = up_peak & (up_gain >= down_gain)
+    use_down = down_peak & ~use_up
+    y[use_up] = top[use_up] + half
+    y[use_down] = bottom[use_down] - half
+
+    # A stroke of another strip crossing ours merges with our trace into one tall run. Our own
+    # strokes start or end where our trace was; a crossing one passes through it, so the nearest
+    # flat points on both sides lie well inside the run.
+    index = np.arange(n)
+    flat = ~tall
+    left = np.maximum.accumulate(np.where(flat, index, -1))
+    right = np.minimum.accumulate(np.where(flat, index, n)[::-1])[::-1]
+    has_both = tall & (left >= 0) & (right < n)
+    tol = 2.0 * line_width + 2.0
+    y_left = np.where(has_both, centroid[np.clip(left, 0, n - 1)], np.nan)
+    y_right = np.where(has_both, centroid[np.clip(right, 0, n - 1)], np.nan)
+    with np.errstate(invalid="ignore"):
+        inside_left = (y_left > top + tol) & (y_left < bottom - tol)
+        inside_right = (y_right > top + tol) & (y_right < bottom - tol)
+    # A tall run cut by the band edge comes from beyond the strip: a neighbour's stroke (our own
+    # peaks stay inside the band, which reaches three quarters of the way to the next strip).
+    touches_edge = (top <= 0) | (bottom >= band_rows - 1)
+    crossing = (has_both & inside_left & inside_right) | (tall & touches_edge)
+    keep = ~crossing
+    return cols[keep].astype(np.float64), y[keep]
 
 
 def traces_to_record(

@@ -47,3 +47,23 @@ def test_row_count_selects_template() -> None:
 def test_blank_page_has_no_rows() -> None:
     with pytest.raises(DigitizationError, match="no trace ink"):
         find_rows(np.zeros((800, 1000), dtype=np.float32), PX_PER_MM)
+
+
+def test_an_extra_text_strip_is_ignored_with_a_warning() -> None:
+    # Prepare: a 3x4+1 page plus a weak fifth "strip" (a dashed line, like a line of text).
+    fs = 500.0
+    prob, _, _ = draw_strips([ecg_like(fs, 10.0, seed=s) for s in range(4)], fs)
+    text_row = round(15 * PX_PER_MM)
+    for start in range(120, 2100, 40):
+        prob[text_row : text_row + 3, start : start + 30] = 1.0
+    # The text line covers enough columns to count as a strip, and 5 strips would fit 3x4+2.
+    rows = find_rows(prob, PX_PER_MM)
+    assert len(rows) == 5
+
+    # Execute
+    layout = infer_layout(rows, [follow_trace(prob, r, PX_PER_MM) for r in rows], PX_PER_MM)
+
+    # Assert
+    assert layout.template_name == "3x4+1"
+    assert rows[0] not in layout.rows
+    assert any("look like text or noise" in w for w in layout.warnings)

@@ -1,0 +1,174 @@
+"""Per-pixel trace probability for a normalized page.
+
+The classical segmenter works on the grid-free ink map of :mod:`ecgdig.pipeline.grid`:
+
+1. **Hysteresis threshold.** Pixels above a high threshold seed the mask; connected pixels above a
+   low threshold (half of it) join them. The high threshold adapts to the page's ink contrast
+   (half the 99.5th percentile of the ink, clipped to [0.35, 0.6]) so faint photographed traces
+   are kept and scanner noise is not.
+2. **Long straight lines.** Runs of ink exactly along one row for 40 mm or one column for 25 mm
+   (page borders, separator rules, grid lines left over) are removed. No trace is that straight
+   for that long; pacing spikes and calibration pulses are shorter.
+3. **Small blobs and solid blocks.** Connected components smaller than 0.75 mm square and shorter
+   than 1 mm (grid dots, specks, JPEG noise) are dropped, and so are components thicker than 2 mm
+   anywhere (redaction bars, logos): traces and text strokes are well under 1 mm thick. Text is
+   kept; the layout stage copes with it. Thin, perfectly axis-aligned fragments longer than 2 mm
+   (pieces of grid lines left where the paper curls) keep only a quarter of their probability.
+
+The probability is the ink scaled by the high threshold (1 at and above it) inside the kept mask
+grown by one pixel (to keep anti-aliased edges), 0 elsewhere.
+
+A learned segmenter plugs into the same function with ``segmenter="unet"`` once it exists.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ecgdig.errors import ConfigError
+from ecgdig.pipeline.grid import suppress_grid
+from ecgdig.types import GridSuppression, NormalizedPage, TraceProbability
+
+__all__ = ["SEGMENTERS", "segment"]
+
+#: Names accepted by :func:`segment`.
+SEGMENTERS = ("classical",)
+
+#: Length (mm) of a perfectly horizontal / vertical run that is taken for a ruled line.
+_LINE_MM_H = 40.0
+_LINE_MM_V = 25.0
+#: Components thicker than this (mm) anywhere are solid blocks, not traces.
+_MAX_THICKNESS_MM = 2.0
+
+
+def segment(
+    page: NormalizedPage,
+    *,
+    grid: GridSuppression | None = None,
+    segmenter: str = "classical",
+) -> TraceProbability:
+    """Estimate, for every pixel of a normalized page, the probability that it belongs to a trace.
+
+    Parameters
+    ----------
+    page : NormalizedPage
+        The normalized page (see :func:`ecgdig.pipeline.normalize.normalize`).
+    grid : GridSuppression, optional
+        The page's grid suppression; computed with :func:`ecgdig.pipeline.grid.suppress_grid`
+        when not given.
+    segmenter : str, optional
+        ``"classical"`` (threshold and shape rules on the grid-free ink).
+
+    Returns
+    -------
+    TraceProbability
+        ``probability`` (rows, cols) float32 in [0, 1], on the grid of ``page.image``; ``extras``
+        holds ``"mask"`` (uint8 0/1, the kept components before edge growth).
+
+    Raises
+    ------
+    ConfigError
+        If ``segmenter`` is not a known segmenter.
+    ValueError
+        If ``grid.ink`` does not have the page's shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ecgdig.types import NormalizedPage
+    >>> img = np.full((400, 600, 3), 255, np.uint8)
+    >>> img[200:202, 50:550] = 30                                  # a trace (kept) ...
+    >>> img[180:220, 100] = 30; img[180:220, 300] = 30             # ... with two spikes
+    >>> img[50, 100:101] = 30                                      # a speck (dropped)
+    >>> p = segment(NormalizedPage(img, 8.0, 1.0, "grid", 8.0)).probability
+    >>> bool(p[201, 300] > 0.9), bool(p[50, 100] == 0.0)
+    (True, True)
+    """
+    if segmenter == "unet":
+        raise ConfigError(
+            "segmenter 'unet' is not available yet: no trained model is installed; use 'classical'"
+        )
+    if segmenter not in SEGMENTERS:
+        raise ConfigError(f"unknown segmenter {segmenter!r}; available: {', '.join(SEGMENTERS)}")
+    if grid is None:
+        grid = suppress_grid(page)
+    ink = grid.ink
+    if ink.shape != page.image.shape[:2]:
+        raise ValueError(f"grid.ink has shape {ink.shape}, the page {page.image.shape[:2]}")
+    return _classical(ink.astype(np.float32, copy=False), float(page.px_per_mm))
+
+
+def _classical(ink: np.ndarray, px_per_mm: float) -> TraceProbability:
+    px_per_mm = px_per_mm if px_per_mm > 0 else 8.0
+    # 1. Adaptive hysteresis on lightly smoothed ink.
+    smooth = cv2.GaussianBlur(ink, (0, 0), 0.6)
+    step = max(1, int(np.sqrt(ink.size / 500_000)))
+    top = float(np.percentile(smooth[::step, ::step], 99.5))
+    high = float(np.clip(0.5 * top, 0.35, 0.6))
+    low = 0.5 * high
+    mask = _hysteresis(smooth, low, high)
+
+    # 2. Long, perfectly straight horizontal / vertical runs are ruled lines.
+    len_h = max(15, round(_LINE_MM_H * px_per_mm))
+    len_v = max(15, round(_LINE_MM_V * px_per_mm))
+    mask = cv2.subtract(mask, _straight_runs(mask, len_h, len_v))
+
+    # 3. Components: drop specks and solid blocks.
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    keep = np.zeros(n, dtype=bool)
+    if n > 1:
+        area = stats[1:, cv2.CC_STAT_AREA]
+        extent = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
+        min_area = max(6.0, (0.75 * px_per_mm) ** 2)
+        keep[1:] = (area >= min_area) | (extent >= 1.0 * px_per_mm)
+        dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+        keep[np.unique(labels[dist > 0.5 * _MAX_THICKNESS_MM * px_per_mm])] = False
+    keep[0] = False
+    kept = keep[labels].astype(np.uint8)
+    # Thin, perfectly axis-aligned fragments at least 2 mm long are most likely pieces of grid
+    # lines left over where the paper curls: kept, but at a quarter of their probability.
+    weight = np.ones(n, dtype=np.float32)
+    if n > 1:
+        thin = max(2, round(0.3 * px_per_mm))
+        w, h = stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT]
+        fragment = ((h <= thin) & (w >= 2.0 * px_per_mm)) | ((w <= thin) & (h >= 2.0 * px_per_mm))
+        weight[1:][fragment] = 0.25
+
+    # Probability: ink scaled by the high threshold, inside the kept mask grown by one pixel.
+    grown = cv2.dilate(kept, np.ones((3, 3), np.uint8))
+    comp_weight = cv2.dilate(weight[labels] * kept, np.ones((3, 3), np.uint8))
+    probability = np.clip(ink / high, 0.0, 1.0) * grown * comp_weight
+    return TraceProbability(
+        probability=probability.astype(np.float32), segmenter="classical", extras={"mask": kept}
+    )
+
+
+def _hysteresis(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """uint8 0/1 mask of pixels >= ``low`` connected (8-neighbourhood) to a pixel >= ``high``."""
+    weak = (values >= low).astype(np.uint8)
+    n, labels = cv2.connectedComponents(weak, connectivity=8)
+    if n <= 1:
+        return weak
+    seeded = np.zeros(n, dtype=bool)
+    seeded[np.unique(labels[values >= high])] = True
+    seeded[0] = False
+    return seeded[labels].astype(np.uint8)
+
+
+def _straight_runs(mask: np.ndarray, len_h: int, len_v: int) -> np.ndarray:
+    """uint8 0/1 mask of runs of at least ``len_h`` px along a row or ``len_v`` px along a column.
+
+    Only rows (columns) holding that many set pixels can hold such a run, so the opening is
+    computed on those alone.
+    """
+    runs = np.zeros_like(mask)
+    rows = np.flatnonzero(np.count_nonzero(mask, axis=1) >= len_h)
+    if rows.size:
+        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (len_h, 1))
+        runs[rows] = cv2.morphologyEx(np.ascontiguousarray(mask[rows]), cv2.MORPH_OPEN, kernel)
+    cols = np.flatnonzero(np.count_nonzero(mask, axis=0) >= len_v)
+    if cols.size:
+        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (1, len_v))
+        runs[:, cols] |= cv2.morphologyEx(np.ascontiguousarray(mask[:, cols]), cv2.MORPH_OPEN, kernel)
+    return runs

@@ -1,0 +1,86 @@
+"""Tests for ecgdig.pipeline.segment: the classical trace segmenter."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from test_normalize import GRID_COLOURS, grid_page
+
+from ecgdig.errors import ConfigError
+from ecgdig.pipeline.grid import suppress_grid
+from ecgdig.pipeline.segment import segment
+from ecgdig.types import GridSuppression, NormalizedPage
+
+
+def _page(image: np.ndarray, px_per_mm: float = 8.0) -> NormalizedPage:
+    return NormalizedPage(
+        image=image,
+        px_per_mm=px_per_mm,
+        px_per_mm_confidence=1.0,
+        scale_method="grid",
+        source_px_per_mm=px_per_mm,
+    )
+
+
+@pytest.mark.parametrize("colour", ["red", "grey", "blue"])
+def test_traces_found_grid_not(colour: str) -> None:
+    image, masks = grid_page(px_per_mm=8.0, colour=GRID_COLOURS[colour], seed=2)
+    page = _page(image)
+    prob = segment(page, grid=suppress_grid(page))
+    p = prob.probability
+    assert p.dtype == np.float32 and p.shape == image.shape[:2]
+    assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
+    assert np.mean(p[masks["trace"]] >= 0.5) >= 0.95
+    assert np.mean(p[masks["grid"]] >= 0.5) <= 0.01
+    assert prob.segmenter == "classical"
+    assert prob.extras["mask"].shape == image.shape[:2]
+
+
+def test_grid_is_computed_when_not_given() -> None:
+    image, masks = grid_page(px_per_mm=8.0, colour=GRID_COLOURS["pink"])
+    p = segment(_page(image)).probability
+    assert np.mean(p[masks["trace"]] >= 0.5) >= 0.95
+
+
+def test_rules_drop_lines_specks_and_blocks_but_keep_traces_and_text() -> None:
+    # Prepare: white page with a wavy trace, text, a ruled line, specks and a solid block.
+    image = np.full((800, 1600, 3), 255, np.uint8)
+    x = np.arange(100, 1500)
+    y = (400 + 30 * np.sin(x / 40.0)).astype(int)
+    for dy in (-1, 0, 1):
+        image[y + dy, x] = 20
+    cv2.putText(image, "V5 25mm/s", (120, 600), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (20, 20, 20), 2, cv2.LINE_AA)
+    image[700, 50:1550] = 20  # ruled line, 1500 px = 187 mm
+    image[100:102, 300:302] = 20  # speck
+    image[150, 800] = 20  # speck
+    image[80:180, 1200:1400] = 0  # redaction block
+    # Execute
+    p = segment(_page(image)).probability
+    # Assert
+    assert np.mean(p[y, x] >= 0.5) >= 0.98
+    assert float(p[590:605, 120:300].max()) >= 0.9  # text kept
+    assert float(p[700, 60:1540].max()) == 0.0
+    assert float(p[95:105, 295:305].max()) == 0.0
+    assert float(p[150, 800]) == 0.0
+    assert float(p[80:180, 1200:1400].max()) == 0.0
+
+
+def test_unknown_and_unavailable_segmenters_raise_config_error() -> None:
+    page = _page(np.full((100, 100, 3), 255, np.uint8))
+    with pytest.raises(ConfigError, match="unknown segmenter"):
+        segment(page, segmenter="magic")
+    with pytest.raises(ConfigError, match="unet"):
+        segment(page, segmenter="unet")
+
+
+def test_grid_of_another_shape_raises() -> None:
+    page = _page(np.full((100, 100, 3), 255, np.uint8))
+    grid = GridSuppression(ink=np.zeros((50, 50), np.float32), grid_colour="none", leakage=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        segment(page, grid=grid)
+
+
+def test_blank_page_gives_zero_probability() -> None:
+    p = segment(_page(np.full((300, 400, 3), 255, np.uint8))).probability
+    assert float(p.max()) == 0.0
