@@ -182,46 +182,56 @@ def _viterbi(
     baseline_weight = 0.02
     off_trace_per_column = 0.1
     entry_weight = 0.5
-    limit = np.minimum(counts, _MAX_RUNS_PER_COLUMN)
+    per_px = 1.0 / px_per_mm
+    # Plain Python lists: columns hold one to a few runs, where numpy's per-call overhead dominates.
+    node = (baseline_weight * ((centroid - baseline) / half_height) ** 2).tolist()
+    entry = (entry_weight * np.abs(centroid - baseline) * per_px).tolist()
+    tops, bottoms = top.tolist(), bottom.tolist()
+    starts = first_index.tolist()
+    ends = (first_index + np.minimum(counts, _MAX_RUNS_PER_COLUMN)).tolist()
+    col_list = columns.tolist()
 
-    def node_cost(idx: np.ndarray) -> np.ndarray:
-        return baseline_weight * ((centroid[idx] - baseline) / half_height) ** 2
-
-    def entry_cost(idx: np.ndarray) -> np.ndarray:
-        return entry_weight * np.abs(centroid[idx] - baseline) / px_per_mm
-
-    back: list[np.ndarray] = []  # per column: best previous state per current state (-1 = off)
-    idx_prev = np.arange(first_index[0], first_index[0] + limit[0])
-    # State vector: the runs of the column, then the off-trace state last.
-    cost_prev = np.concatenate([entry_cost(idx_prev) + node_cost(idx_prev), [off_trace_per_column]])
+    prev_runs = range(starts[0], ends[0])
+    prev_cost = [entry[r] + node[r] for r in prev_runs]
+    prev_off = off_trace_per_column
+    back: list[list[int]] = []  # per column: best previous run per current run (-1 = off trace)
+    back_off: list[int] = []  # per column: best previous run for the off-trace state
     for j in range(1, n_cols):
-        idx = np.arange(first_index[j], first_index[j] + limit[j])
-        skipped = float(columns[j] - columns[j - 1] - 1)
-        gap = np.maximum(
-            0.0,
-            np.maximum(
-                top[idx][None, :] - bottom[idx_prev][:, None] - 1,
-                top[idx_prev][:, None] - bottom[idx][None, :] - 1,
-            ),
-        )
-        trans = np.empty((idx_prev.size + 1, idx.size + 1))
-        trans[:-1, :-1] = gap / px_per_mm + off_trace_per_column * skipped
-        trans[-1, :-1] = entry_cost(idx) + off_trace_per_column * skipped
-        trans[:, -1] = off_trace_per_column * (skipped + 1)
-        total = cost_prev[:, None] + trans
-        best_prev = np.argmin(total, axis=0)
-        cost_prev = total[best_prev, np.arange(idx.size + 1)]
-        cost_prev[:-1] += node_cost(idx)
-        back.append(
-            np.where(best_prev < idx_prev.size, idx_prev[np.minimum(best_prev, idx_prev.size - 1)], -1)
-        )
-        idx_prev = idx
+        skipped = col_list[j] - col_list[j - 1] - 1
+        skip_cost = off_trace_per_column * skipped
+        runs = range(starts[j], ends[j])
+        # Off trace now: from wherever was cheapest.
+        best_prev, best_prev_cost = -1, prev_off
+        for q, c in zip(prev_runs, prev_cost, strict=True):
+            if c < best_prev_cost:
+                best_prev, best_prev_cost = q, c
+        new_off = best_prev_cost + off_trace_per_column * (skipped + 1)
+        new_cost: list[float] = []
+        new_back: list[int] = []
+        for r in runs:
+            t_r, b_r = tops[r], bottoms[r]
+            best, arg = prev_off + entry[r] + skip_cost, -1
+            for q, c in zip(prev_runs, prev_cost, strict=True):
+                gap = max(0, t_r - bottoms[q] - 1, tops[q] - b_r - 1)
+                total = c + gap * per_px + skip_cost
+                if total < best:
+                    best, arg = total, q
+            new_cost.append(best + node[r])
+            new_back.append(arg)
+        back.append(new_back)
+        back_off.append(best_prev)
+        prev_runs, prev_cost, prev_off = runs, new_cost, new_off
+
     path = np.empty(n_cols, dtype=np.int64)
-    best = int(np.argmin(cost_prev))
-    path[-1] = idx_prev[best] if best < idx_prev.size else -1
+    state = -1
+    best_final = prev_off
+    for r, c in zip(prev_runs, prev_cost, strict=True):
+        if c < best_final:
+            state, best_final = r, c
+    path[-1] = state
     for j in range(n_cols - 1, 0, -1):
-        state = path[j] - first_index[j] if path[j] >= 0 else min(counts[j], _MAX_RUNS_PER_COLUMN)
-        path[j - 1] = back[j - 1][state]
+        state = back_off[j - 1] if state < 0 else back[j - 1][state - starts[j]]
+        path[j - 1] = state
     return path
 
 
