@@ -14,6 +14,7 @@ __all__ = [
     "EcgdigError",
     "ImageInputError",
     "ModelFileError",
+    "PrivacyBudgetError",
     "RecordInputError",
     "UpdateRejectedError",
 ]
@@ -58,3 +59,7 @@ class ModelFileError(EcgdigError):
 
 class UpdateRejectedError(EcgdigError):
     """A federated update or protocol file failed validation."""
+
+
+class PrivacyBudgetError(EcgdigError):
+    """A round would push epsilon above the allowed maximum; it was refused before any noise."""

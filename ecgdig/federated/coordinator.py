@@ -54,6 +54,7 @@ from ecgdig.federated.files import (
     is_valid_id,
     loads_strict,
     payload_sha256,
+    read_json_file,
     signed_tensor_bytes,
     write_signed_tensors,
 )
@@ -168,14 +169,7 @@ def _pretty_json(data: Any) -> str:
 
 
 def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"{what} not found", path)
-    if path.stat().st_size > _MAX_JSON_BYTES:
-        raise ConfigError(f"{what} is larger than {_MAX_JSON_BYTES} bytes", path)
-    try:
-        return loads_strict(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{what} is not valid JSON ({exc})", path) from None
+    return read_json_file(path, what, max_bytes=_MAX_JSON_BYTES)
 
 
 # --------------------------------------------------------------------------------------------------

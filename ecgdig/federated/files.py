@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from numpy.typing import NDArray
 from safetensors import SafetensorError, safe_open
 
-from ecgdig.errors import ModelFileError, UpdateRejectedError
+from ecgdig.errors import ConfigError, ModelFileError, UpdateRejectedError
 from ecgdig.federated.strategies import Tensors
 from ecgdig.io.atomic import atomic_write_bytes
 
@@ -201,6 +201,39 @@ def loads_strict(text: str | bytes) -> Any:
     {'a': 1}
     """
     return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
+def read_json_file(path: str | Path, what: str, *, max_bytes: int) -> Any:
+    """Read a small JSON file strictly (see :func:`loads_strict`), refusing oversized ones.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    what : str
+        What the file is, for the error message (``"plan"``, ``"registry"``...).
+    max_bytes : int
+        Largest accepted size.
+
+    Returns
+    -------
+    Any
+        The parsed JSON value.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, too large, or not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found", path)
+    if path.stat().st_size > max_bytes:
+        raise ConfigError(f"{what} is larger than {max_bytes} bytes", path)
+    try:
+        return loads_strict(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{what} is not valid JSON ({exc})", path) from None
 
 
 def payload_sha256(tensors: Mapping[str, NDArray[Any]]) -> str:

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ecgdig.errors import ConfigError
-from ecgdig.federated.files import is_valid_id, loads_strict
+from ecgdig.federated.files import is_valid_id, read_json_file
 from ecgdig.io.atomic import atomic_path, atomic_write_text
 
 __all__ = [
@@ -236,14 +236,7 @@ def load_site_key(path: str | Path, site_id: str | None = None) -> SiteKey:
 
 
 def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"{what} not found", path)
-    if path.stat().st_size > _MAX_JSON_BYTES:
-        raise ConfigError(f"{what} is larger than {_MAX_JSON_BYTES} bytes", path)
-    try:
-        return loads_strict(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{what} is not valid JSON ({exc})", path) from None
+    return read_json_file(path, what, max_bytes=_MAX_JSON_BYTES)
 
 
 def load_public_key(path: str | Path) -> tuple[str, bytes]:

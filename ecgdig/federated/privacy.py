@@ -54,7 +54,7 @@ from dp_accounting import pld as dp_pld
 from dp_accounting import rdp as dp_rdp
 from numpy.typing import NDArray
 
-from ecgdig.errors import EcgdigError, UpdateRejectedError
+from ecgdig.errors import PrivacyBudgetError, UpdateRejectedError
 from ecgdig.federated.files import ZERO_SHA256, canonical_json, is_valid_id, loads_strict
 from ecgdig.io.atomic import atomic_write_text
 
@@ -85,10 +85,6 @@ DEFAULT_DELTA = 1e-5
 LEDGER_FORMAT = "ecgdig-privacy-ledger"
 _LEDGER_VERSION = 1
 _MAX_LEDGER_BYTES = 64 * 1024**2
-
-
-class PrivacyBudgetError(EcgdigError):
-    """A round would push epsilon above the allowed maximum; it was refused before any noise."""
 
 
 def make_rng(rng: int | np.random.Generator | None = None) -> np.random.Generator:
