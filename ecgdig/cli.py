@@ -28,8 +28,9 @@ app = typer.Typer(
     # typer < 0.23 shows local variables in tracebacks, which can print keys and paths.
     pretty_exceptions_show_locals=False,
 )
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: never break a line, so output stays greppable in shell pipelines.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class Segmenter(StrEnum):

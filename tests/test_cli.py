@@ -40,7 +40,20 @@ def batch(tmp_path: Path) -> Path:
     noise = np.random.default_rng(0).integers(0, 256, size=(600, 800, 3), dtype=np.uint8)
     Image.fromarray(noise).save(folder / "noise.png")
     Image.new("RGB", (900, 700), "white").save(folder / "blank.png")
+    _png_claiming_size(folder / "bomb.png", 30000, 30000)
     return folder
+
+
+def _png_claiming_size(path: Path, cols: int, rows: int) -> None:
+    """A tiny PNG whose header claims a gigantic image (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", cols, rows, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
 
 
 def test_digitize_batch_reports_each_bad_page_and_finishes_the_good_one(batch: Path, tmp_path: Path) -> None:
@@ -49,7 +62,7 @@ def test_digitize_batch_reports_each_bad_page_and_finishes_the_good_one(batch: P
     result = runner.invoke(app, ["digitize", str(batch), "-o", str(out), "--overlay"])
 
     assert result.exit_code == 1, result.output
-    for bad in ["empty.png", "notimage.jpg", "truncated.png", "noise.png", "blank.png"]:
+    for bad in ["empty.png", "notimage.jpg", "truncated.png", "noise.png", "blank.png", "bomb.png"]:
         lines = [line for line in result.output.splitlines() if bad in line and "failed" in line]
         assert len(lines) == 1, (bad, result.output)
     record = wfdb.rdrecord(str(out / "good"))
@@ -92,3 +105,31 @@ def test_digitize_reads_a_list_from_stdin(tmp_path: Path) -> None:
 def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["digitize", str(SAMPLE), "-o", str(tmp_path), "--workers", "0"])
     assert result.exit_code == 2
+
+
+def test_stages_chain_from_the_shell(tmp_path: Path) -> None:
+    page, ink, trace, out = tmp_path / "page.png", tmp_path / "ink.png", tmp_path / "trace.png", tmp_path / "rec"
+
+    steps = [
+        ["normalize", str(SAMPLE), "-o", str(page)],
+        ["grid", str(page), "-o", str(ink)],
+        ["segment", str(page), "-o", str(trace)],
+        ["vectorize", str(trace), "-o", str(out)],
+    ]
+    results = [runner.invoke(app, step) for step in steps]
+
+    assert [r.exit_code for r in results] == [0, 0, 0, 0], [r.output for r in results]
+    scale = json.loads(page.with_suffix(".json").read_text())["px_per_mm"]
+    assert scale == 8.0
+    assert "orange grid" in results[1].output
+    record = wfdb.rdrecord(str(out / "trace"))
+    assert record.n_sig == 12 and np.isfinite(record.p_signal).any(axis=0).all()
+
+
+def test_stage_on_a_bad_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    result = runner.invoke(app, ["normalize", str(bad), "-o", str(tmp_path / "o.png")])
+    assert result.exit_code == 1
+    assert "bad.png: not an image file" in result.output
+    assert "Traceback" not in result.output
