@@ -189,8 +189,8 @@ def to_markdown(
     lines = [
         "# Latest `make bench` run",
         "",
-        f"Run {meta['date']} on {meta['machine']} (Python {meta['python']}), segmenter `{meta['segmenter']}`, "
-        f"seed {meta['seed']}, {meta['wall_s']:.0f} s wall.",
+        f"Run {meta['date']} on {meta['machine']} (Python {meta['python']}), "
+        f"segmenter `{meta['segmenter']}`, seed {meta['seed']}, {meta['wall_s']:.0f} s wall.",
         "",
         "## Digitization quality (PhysioNet Challenge 2024 SNR, mean over (record, lead) pairs)",
         "",
@@ -200,7 +200,8 @@ def to_markdown(
     for row in quality:
         lines.append(
             f"| {row['set']} | {row['pages']} | {row['failed']} | {row['mean_snr_db']:.2f} | "
-            f"{row['mean_snr_db_missing_as_zero']:.2f} | {row['median_record_snr_db']:.2f} | {row['mean_r']:.3f} |"
+            f"{row['mean_snr_db_missing_as_zero']:.2f} | {row['median_record_snr_db']:.2f} | "
+            f"{row['mean_r']:.3f} |"
         )
     lines += [
         "",
@@ -215,8 +216,9 @@ def to_markdown(
         "",
         "## Speed (200 dpi clean pages, 2 threads)",
         "",
-        f"Median {speed['median_s']:.2f} s per page (min {speed['min_s']:.2f}, max {speed['max_s']:.2f}) over "
-        f"{speed['pages']} pages x {speed['repeats']} repeats; peak resident memory {speed['peak_rss_mb']:.0f} MB.",
+        f"Median {speed['median_s']:.2f} s per page (min {speed['min_s']:.2f}, max {speed['max_s']:.2f}) "
+        f"over {speed['pages']} pages x {speed['repeats']} repeats; "
+        f"peak resident memory {speed['peak_rss_mb']:.0f} MB.",
         "",
         "| stage | median s | share |",
         "|---|---:|---:|",

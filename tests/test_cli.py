@@ -95,7 +95,9 @@ def test_rerun_skips_done_pages_and_force_redoes_them(tmp_path: Path) -> None:
 def test_digitize_reads_a_list_from_stdin(tmp_path: Path) -> None:
     shutil.copy(SAMPLE, tmp_path / "a.png")
     result = runner.invoke(
-        app, ["digitize", "-", "-o", str(tmp_path / "o")], input=f"{tmp_path / 'a.png'}\n{tmp_path / 'missing.png'}\n"
+        app,
+        ["digitize", "-", "-o", str(tmp_path / "o")],
+        input=f"{tmp_path / 'a.png'}\n{tmp_path / 'missing.png'}\n",
     )
     assert result.exit_code == 1
     assert "missing.png: no such file" in result.output
@@ -108,7 +110,8 @@ def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_stages_chain_from_the_shell(tmp_path: Path) -> None:
-    page, ink, trace, out = tmp_path / "page.png", tmp_path / "ink.png", tmp_path / "trace.png", tmp_path / "rec"
+    page, ink = tmp_path / "page.png", tmp_path / "ink.png"
+    trace, out = tmp_path / "trace.png", tmp_path / "rec"
 
     steps = [
         ["normalize", str(SAMPLE), "-o", str(page)],

@@ -42,11 +42,11 @@ def test_read_record_normalises_lead_case(shared_data: Path) -> None:
 
 
 def test_read_record_missing_header_names_file(tmp_path: Path) -> None:
-    with pytest.raises(RecordInputError, match="nothere.hea"):
+    with pytest.raises(RecordInputError, match=r"nothere\.hea"):
         read_record(tmp_path / "nothere")
 
 
 def test_read_record_corrupt_header(tmp_path: Path) -> None:
     (tmp_path / "bad.hea").write_text("this is not a header\n")
-    with pytest.raises(RecordInputError, match="bad.hea: cannot read WFDB record"):
+    with pytest.raises(RecordInputError, match=r"bad\.hea: cannot read WFDB record"):
         read_record(tmp_path / "bad")
