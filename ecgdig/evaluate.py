@@ -233,7 +233,13 @@ def evaluate_folders(
     for folder in (truth_dir, pred_dir):
         if not folder.is_dir():
             raise RecordInputError("no such folder", folder)
-    names = sorted(p.relative_to(truth_dir).with_suffix("").as_posix() for p in truth_dir.rglob("*.hea"))
+    # Predictions are often written inside the truth folder (``truth/pred``): never score them as truths.
+    nested = pred_dir.resolve() if truth_dir.resolve() in pred_dir.resolve().parents else None
+    names = sorted(
+        p.relative_to(truth_dir).with_suffix("").as_posix()
+        for p in truth_dir.rglob("*.hea")
+        if nested is None or nested not in p.resolve().parents
+    )
     if not names:
         raise RecordInputError("no WFDB records (.hea) found", truth_dir)
 

@@ -15,6 +15,7 @@ from ecgdig.errors import RecordInputError
 from ecgdig.evaluate import evaluate_folders, plot_overlay
 from ecgdig.io import read_record, write_record
 from ecgdig.metrics import PERFECT_SNR_DB, resample_mv
+from ecgdig.types import EcgRecord
 
 PTBXL = "ptbxl_500hz"  # 18 PTB-XL records, 10 s at 500 Hz
 MASKED = "paper2pulse_truth_500hz"  # Challenge-style truths: NaN where a lead is not plotted
@@ -204,3 +205,15 @@ def test_plot_overlay_writes_a_png_atomically(records: Path, tmp_path: Path) -> 
     assert out == target
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in target.parent.iterdir()] == ["01885_hr.png"]
+
+
+def test_predictions_inside_the_truth_folder_are_not_truths(tmp_path: Path) -> None:
+    # Prepare: truth/rec and truth/pred/rec (the prediction written inside the truth folder).
+    signal = np.tile(np.sin(np.linspace(0, 20, 1000))[:, None], (1, 2))
+    record = EcgRecord("rec", signal, 100.0, ("I", "II"))
+    write_record(record, tmp_path / "truth")
+    write_record(record, tmp_path / "truth" / "pred")
+
+    report = evaluate_folders(tmp_path / "truth" / "pred", tmp_path / "truth")
+
+    assert report.n_records == 1 and report.n_missing_records == 0
