@@ -171,7 +171,7 @@ def generate_site_key(site_id: str, out_dir: str | Path, *, overwrite: bool = Fa
     pem = key.private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    with atomic_path(private_path) as tmp:
+    with atomic_path(private_path, mode=0o600) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC, 0o600)
         try:
             os.fchmod(fd, 0o600)

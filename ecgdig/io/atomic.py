@@ -16,13 +16,17 @@ __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, *, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success rename it over ``target``.
 
     Parameters
     ----------
     target : str or Path
         The final file path. Its folder is created if missing.
+
+    mode : int, optional
+        Permission bits of the final file. By default those of a newly created file under the
+        process umask (usually 0644), not the 0600 of a temporary file.
 
     Yields
     ------
@@ -39,6 +43,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent
     )
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.fchmod(fd, mode)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -306,7 +306,8 @@ def camera_effects(
             point = (rng.uniform(0.2, 0.8) * small[1], rng.uniform(0.2, 0.8) * small[0])
             soft = max(0.5, rng.uniform(0.01, 0.08) * min(small))
             dist = _signed_distance(small, point, angle)
-            amount = d.shadow / (1.0 + np.exp(-dist / soft))
+            # The logistic written with tanh: no overflow far from the shadow edge.
+            amount = d.shadow * 0.5 * (1.0 + np.tanh(dist / (2.0 * soft)))
             cast = np.array([1.0, 0.97, 0.92], np.float32)  # shadows look slightly blue
             gain *= 1.0 - amount[..., None] * cast
         image = _apply_gain(image, gain, 1.0)

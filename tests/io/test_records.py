@@ -50,3 +50,17 @@ def test_read_record_corrupt_header(tmp_path: Path) -> None:
     (tmp_path / "bad.hea").write_text("this is not a header\n")
     with pytest.raises(RecordInputError, match=r"bad\.hea: cannot read WFDB record"):
         read_record(tmp_path / "bad")
+
+
+def test_outputs_get_ordinary_permissions_not_the_temp_files_0600(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from ecgdig.io import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644

@@ -1,0 +1,1 @@
+"""The trace segmenter: network, model files, tiled inference, data and training."""
