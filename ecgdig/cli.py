@@ -61,12 +61,24 @@ def _fail(exc: EcgdigError) -> typer.Exit:
 
 
 def _options(
-    layout: str | None, mm_per_s: float | None, mm_per_mv: float | None, fs_hz: float, segmenter: Segmenter
+    layout: str | None,
+    mm_per_s: float | None,
+    mm_per_mv: float | None,
+    fs_hz: float,
+    segmenter: Segmenter,
+    model: Path | None = None,
+    threads: int | None = None,
 ) -> object:
     from ecgdig.pipeline.digitize import DigitizeOptions
 
     return DigitizeOptions(
-        layout=layout, mm_per_s=mm_per_s, mm_per_mv=mm_per_mv, fs_hz=fs_hz, segmenter=segmenter.value
+        layout=layout,
+        mm_per_s=mm_per_s,
+        mm_per_mv=mm_per_mv,
+        fs_hz=fs_hz,
+        segmenter=segmenter.value,
+        model_path=None if model is None else str(model),
+        threads=threads,
     )
 
 
@@ -81,6 +93,11 @@ GainOpt = Annotated[
 ]
 RateOpt = Annotated[float, typer.Option("--fs", help="Output sampling rate in Hz.")]
 SegmenterOpt = Annotated[Segmenter, typer.Option("--segmenter", help="Trace segmenter.")]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option("--model", help="Model file for --segmenter unet (safetensors, see docs/model.md)."),
+]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for U-Net inference.")]
 
 
 @app.command()
@@ -94,6 +111,8 @@ def digitize(
     mm_per_mv: GainOpt = None,
     fs: RateOpt = 500.0,
     segmenter: SegmenterOpt = Segmenter.classical,
+    model: ModelOpt = None,
+    threads: ThreadsOpt = None,
     overlay: Annotated[
         bool, typer.Option("--overlay", help="Also write <name>_overlay.png for quality control.")
     ] = False,
@@ -130,7 +149,7 @@ def digitize(
         digitize_files(
             sources,
             output,
-            options=_options(layout, mm_per_s, mm_per_mv, fs, segmenter),  # type: ignore[arg-type]
+            options=_options(layout, mm_per_s, mm_per_mv, fs, segmenter, model, threads),  # type: ignore[arg-type]
             overlay=overlay,
             force=force,
             workers=workers,
@@ -186,12 +205,14 @@ def segment(
     page: Annotated[Path, typer.Argument(help="Normalized page (or any page image).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Trace probability PNG (white = trace).")],
     segmenter: SegmenterOpt = Segmenter.classical,
+    model: ModelOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Segment the ECG traces of a page into a probability mask."""
     from ecgdig.pipeline.stage_files import segment_file
 
     try:
-        info = segment_file(page, output, segmenter=segmenter.value)
+        info = segment_file(page, output, segmenter=segmenter.value, model_path=model, threads=threads)
     except EcgdigError as exc:
         raise _fail(exc) from None
     out.print(f"{page}: {info['trace_fraction']:.2%} trace pixels ({info['segmenter']}) -> {output}")
@@ -259,6 +280,64 @@ def render(
     except EcgdigError as exc:
         raise _fail(exc) from None
     out.print(f"rendered {len(pages)} pages from {len(stems)} records ({profile} profile) -> {output}")
+
+
+@app.command()
+def train(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="WFDB records or folders of them, or one folder of pages from 'ecgdig render'."),
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write (.safetensors).")],
+    profile: Annotated[
+        list[str] | None,
+        typer.Option("--profile", help="Site profile used to render records; repeat for a mix."),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="256 px crops per step.")] = 8,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak AdamW learning rate.")] = 2e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed gives the same model.")] = 0,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="Resumable checkpoint [default: <output>.ckpt.safetensors]."),
+    ] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train the U-Net trace segmenter on pages rendered on the fly (or read from a folder).
+
+    A killed run restarted with the same arguments resumes from its checkpoint.
+    """
+    from ecgdig.model.run import train_to_file
+    from ecgdig.model.train import StepInfo
+
+    if checkpoint is None:
+        checkpoint = output.with_name(output.name.removesuffix(".safetensors") + ".ckpt.safetensors")
+    progress = Progress(
+        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=err, transient=True, disable=not err.is_terminal,
+    )  # fmt: skip
+    task = progress.add_task("", total=steps)
+
+    def report(info: StepInfo) -> None:
+        if info.val_dice is not None:
+            progress.console.print(f"step {info.step}: validation Dice {info.val_dice:.4f}")
+        progress.update(task, completed=info.step, description=f"loss {info.loss:.4f} lr {info.lr:.2e}")
+
+    try:
+        with progress:
+            run = train_to_file(
+                inputs, output, profiles=profile or ("scanner", "phone"), steps=steps,
+                batch_size=batch_size, lr=lr, seed=seed, checkpoint=checkpoint, threads=threads,
+                on_step=report,
+            )  # fmt: skip
+    except EcgdigError as exc:
+        raise _fail(exc) from None
+    dice = run.result.final_val_dice
+    out.print(
+        f"trained {run.result.steps} steps on {run.n_train} records/pages ({run.n_val} held out"
+        + ("" if dice is None else f", validation Dice {dice:.4f}")
+        + f") -> {run.model_path}"
+    )
 
 
 class MetricChoice(StrEnum):

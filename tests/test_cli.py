@@ -20,7 +20,7 @@ runner = CliRunner()
 def test_every_command_has_help() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0, result.output
-    commands = ["digitize", "normalize", "grid", "segment", "vectorize"]
+    commands = ["digitize", "normalize", "grid", "segment", "vectorize", "render", "evaluate", "train"]
     for command in commands:
         sub = runner.invoke(app, [command, "--help"])
         assert sub.exit_code == 0, (command, sub.output)

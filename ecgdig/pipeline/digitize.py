@@ -82,6 +82,10 @@ class DigitizeOptions:
         Time shown by a full strip.
     segmenter : str
         ``"classical"`` or ``"unet"``.
+    model_path : str or None
+        Model file for the ``"unet"`` segmenter.
+    threads : int or None
+        CPU threads for learned-segmenter inference.
     target_px_per_mm : float
         Scale the page is resampled to before segmentation.
     min_confidence : float
@@ -94,6 +98,8 @@ class DigitizeOptions:
     fs_hz: float = DEFAULT_FS_HZ
     duration_s: float = DEFAULT_DURATION_S
     segmenter: str = "classical"
+    model_path: str | None = None
+    threads: int | None = None
     target_px_per_mm: float = 8.0
     min_confidence: float = 0.25
 
@@ -176,7 +182,9 @@ def digitize_image(
     lap("normalize")
     grid = suppress_grid(page)
     lap("grid")
-    probability = segment(page, grid=grid, segmenter=options.segmenter)
+    probability = segment(
+        page, grid=grid, segmenter=options.segmenter, model_path=options.model_path, threads=options.threads
+    )
     lap("segment")
     try:
         vectorized = vectorize_probability(

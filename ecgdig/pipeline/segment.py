@@ -23,6 +23,8 @@ A learned segmenter plugs into the same function with ``segmenter="unet"`` once 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -33,7 +35,7 @@ from ecgdig.types import GridSuppression, NormalizedPage, TraceProbability
 __all__ = ["SEGMENTERS", "segment"]
 
 #: Names accepted by :func:`segment`.
-SEGMENTERS = ("classical",)
+SEGMENTERS = ("classical", "unet")
 
 #: Length (mm) of a perfectly horizontal / vertical run that is taken for a ruled line.
 _LINE_MM_H = 40.0
@@ -47,6 +49,8 @@ def segment(
     *,
     grid: GridSuppression | None = None,
     segmenter: str = "classical",
+    model_path: str | Path | None = None,
+    threads: int | None = None,
 ) -> TraceProbability:
     """Estimate, for every pixel of a normalized page, the probability that it belongs to a trace.
 
@@ -58,7 +62,12 @@ def segment(
         The page's grid suppression; computed with :func:`ecgdig.pipeline.grid.suppress_grid`
         when not given.
     segmenter : str, optional
-        ``"classical"`` (threshold and shape rules on the grid-free ink).
+        ``"classical"`` (threshold and shape rules on the grid-free ink) or ``"unet"`` (the learned
+        segmenter of :mod:`ecgdig.model`, tiled over the page on the CPU).
+    model_path : str or Path, optional
+        Model file for ``"unet"`` (see ``docs/model.md``); required until a default model ships.
+    threads : int, optional
+        CPU threads for ``"unet"`` inference (default: torch's choice).
 
     Returns
     -------
@@ -86,9 +95,7 @@ def segment(
     (True, True)
     """
     if segmenter == "unet":
-        raise ConfigError(
-            "segmenter 'unet' is not available yet: no trained model is installed; use 'classical'"
-        )
+        return _learned(page, model_path, threads)
     if segmenter not in SEGMENTERS:
         raise ConfigError(f"unknown segmenter {segmenter!r}; available: {', '.join(SEGMENTERS)}")
     if grid is None:
@@ -97,6 +104,30 @@ def segment(
     if ink.shape != page.image.shape[:2]:
         raise ValueError(f"grid.ink has shape {ink.shape}, the page {page.image.shape[:2]}")
     return _classical(ink.astype(np.float32, copy=False), float(page.px_per_mm))
+
+
+def _learned(page: NormalizedPage, model_path: str | Path | None, threads: int | None) -> TraceProbability:
+    """Run the learned U-Net at its training scale and return the probability on the page's grid."""
+    if model_path is None:
+        raise ConfigError("segmenter 'unet' needs a model file (--model PATH); no default model ships yet")
+    # Imported here: torch and the network are only needed by this segmenter.
+    from ecgdig.model.files import load_model
+    from ecgdig.model.inference import predict_trace_probability
+
+    model, header = load_model(model_path)
+    image = page.image
+    factor = header.px_per_mm / page.px_per_mm
+    rows, cols = image.shape[:2]
+    if abs(factor - 1.0) > 0.01:
+        size = (round(cols * factor), round(rows * factor))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    probability = predict_trace_probability(image, model, threads=threads)
+    if probability.shape != (rows, cols):
+        probability = cv2.resize(probability, (cols, rows), interpolation=cv2.INTER_LINEAR)
+    return TraceProbability(
+        probability=np.clip(probability, 0.0, 1.0).astype(np.float32),
+        segmenter=f"unet:{Path(model_path).name}",
+    )
 
 
 def _classical(ink: np.ndarray, px_per_mm: float) -> TraceProbability:

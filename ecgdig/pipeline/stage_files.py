@@ -113,9 +113,17 @@ def grid_file(source: str | Path, out_png: str | Path) -> dict[str, object]:
 
 
 def segment_file(
-    source: str | Path, out_png: str | Path, *, segmenter: str = "classical"
+    source: str | Path,
+    out_png: str | Path,
+    *,
+    segmenter: str = "classical",
+    model_path: str | Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, object]:
     """Segment the traces of a page; write the probability as an 8-bit image (white = trace).
+
+    ``model_path`` and ``threads`` are passed to :func:`~ecgdig.pipeline.segment.segment` for the
+    learned segmenter.
 
     Returns
     -------
@@ -123,7 +131,7 @@ def segment_file(
         Segmenter name, scale and the fraction of trace pixels.
     """
     page = load_page(source)
-    probability = segment(page, segmenter=segmenter)
+    probability = segment(page, segmenter=segmenter, model_path=model_path, threads=threads)
     write_image(out_png, np.round(np.clip(probability.probability, 0, 1) * 255).astype(np.uint8))
     info = {
         "segmenter": probability.segmenter,

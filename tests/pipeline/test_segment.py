@@ -1,4 +1,4 @@
-"""Tests for ecgdig.pipeline.segment: the classical trace segmenter."""
+"""Tests for ecgdig.pipeline.segment: the classical trace segmenter and the learned one's plumbing."""
 
 from __future__ import annotations
 
@@ -84,3 +84,23 @@ def test_grid_of_another_shape_raises() -> None:
 def test_blank_page_gives_zero_probability() -> None:
     p = segment(_page(np.full((300, 400, 3), 255, np.uint8))).probability
     assert float(p.max()) == 0.0
+
+
+def test_unet_runs_at_the_model_scale_and_answers_on_the_page_grid(tmp_path) -> None:
+    from ecgdig.model.files import ModelHeader, save_model
+    from ecgdig.model.network import TraceUnet, UnetArchitecture
+
+    architecture = UnetArchitecture(encoder_widths=(4, 8), decoder_channels=(8, 4), channels_per_group=4)
+    path = save_model(
+        tmp_path / "tiny.safetensors",
+        TraceUnet(architecture),
+        ModelHeader(architecture=architecture, px_per_mm=8.0, classes=("trace",)),
+    )
+    page = _page(np.full((90, 130, 3), 255, np.uint8), px_per_mm=4.0)
+
+    result = segment(page, segmenter="unet", model_path=path, threads=1)
+
+    assert result.probability.shape == (90, 130)
+    assert result.probability.dtype == np.float32
+    assert 0.0 <= result.probability.min() <= result.probability.max() <= 1.0
+    assert result.segmenter == "unet:tiny.safetensors"

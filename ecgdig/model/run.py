@@ -1,0 +1,126 @@
+"""Train a trace segmenter from records or rendered pages and write the model file: ``ecgdig train``.
+
+Records are rendered on the fly with the chosen site profiles; a folder of pages written by
+``ecgdig render`` (``<name>.png`` with ``<name>_mask.png``) is read as it is. The last tenth of the
+records (at most 40) is held out for validation Dice and never trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ecgdig.errors import ConfigError
+from ecgdig.model.data import FixedCrops, PageFolder, RenderedPages
+from ecgdig.model.files import ModelHeader, save_model
+from ecgdig.model.network import DEFAULT_PX_PER_MM, count_parameters, make_default_model
+from ecgdig.model.train import StepInfo, TrainResult, train
+from ecgdig.render import find_records
+
+__all__ = ["TrainRun", "train_to_file"]
+
+_CROP_PX = 256
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """Outcome of :func:`train_to_file`.
+
+    Attributes
+    ----------
+    model_path : Path
+        The model file written.
+    result : TrainResult
+        Losses, validation Dice and timing.
+    n_train, n_val : int
+        Records (or pages) used for training and held out for validation.
+    """
+
+    model_path: Path
+    result: TrainResult
+    n_train: int
+    n_val: int
+
+
+def train_to_file(
+    inputs: Sequence[str | Path],
+    out_path: str | Path,
+    *,
+    profiles: Sequence[str] = ("scanner", "phone"),
+    steps: int = 1000,
+    batch_size: int = 8,
+    lr: float = 2e-3,
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    threads: int | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> TrainRun:
+    """Train the default U-Net and write it as a model file.
+
+    Parameters
+    ----------
+    inputs : sequence of str or Path
+        WFDB records or folders of them, or one folder of rendered pages with masks.
+    out_path : str or Path
+        Model file to write (safetensors with a JSON header; see ``docs/model.md``).
+    profiles : sequence of str
+        Site profiles used to render records.
+    steps, batch_size, lr, seed : optional
+        Training settings; the same seed gives the same model.
+    checkpoint : str or Path, optional
+        Resumable checkpoint: a run killed and restarted with the same arguments continues from it.
+    threads : int, optional
+        CPU threads.
+    on_step : callable, optional
+        Progress callback.
+
+    Returns
+    -------
+    TrainRun
+        Where the model went and how training went.
+
+    Raises
+    ------
+    ConfigError
+        If the inputs hold no record or page, or too few records to hold some out.
+    """
+    common = {"crop_px": _CROP_PX, "px_per_mm": DEFAULT_PX_PER_MM}
+    folders = [Path(p) for p in inputs if Path(p).is_dir() and any(Path(p).glob("*_mask.png"))]
+    if folders:
+        if len(inputs) != 1:
+            raise ConfigError("give either one folder of rendered pages or WFDB records, not both")
+        data = PageFolder(folders[0], seed=seed, **common)
+        val_source = None
+        n_train, n_val = data.page_count(), 0
+    else:
+        records = find_records(inputs)
+        if len(records) < 2:
+            raise ConfigError("training needs at least 2 records (one is held out for validation)")
+        n_val = min(40, max(1, len(records) // 10))
+        data = RenderedPages(records[:-n_val], list(profiles), seed=seed, **common)
+        val_source = FixedCrops.from_stream(
+            RenderedPages(records[-n_val:], list(profiles), seed=seed + 1, crops_per_page=4, **common)
+        )
+        n_train = len(records) - n_val
+    model = make_default_model(seed=seed)
+    result = train(
+        model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, val_data=val_source,
+        val_every=max(50, steps // 5), checkpoint=checkpoint, on_step=on_step, schedule="cosine",
+        warmup_steps=min(50, steps // 10), threads=threads,
+    )  # fmt: skip
+    header = ModelHeader(
+        architecture=model.architecture,
+        px_per_mm=DEFAULT_PX_PER_MM,
+        classes=("trace",),
+        training={
+            "data": data.summary(),
+            "held_out": n_val,
+            "profiles": list(profiles),
+            "run": result.summary(),
+            "parameters": count_parameters(model),
+        },
+        metrics={} if result.final_val_dice is None else {"val_dice_crops": float(result.final_val_dice)},
+    )
+    path = save_model(out_path, model, header)
+    return TrainRun(Path(path), result, n_train, n_val)

@@ -1,0 +1,64 @@
+"""``ecgdig train``: records in, a loadable model file out; a finished run re-run does no more work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ecgdig.cli import app
+from ecgdig.errors import ConfigError
+from ecgdig.io.records import write_record
+from ecgdig.model.files import load_model
+from ecgdig.model.run import train_to_file
+from ecgdig.types import EcgRecord
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def records(tmp_path: Path, make_record: Callable[..., EcgRecord]) -> Path:
+    folder = tmp_path / "records"
+    for k in range(3):
+        write_record(make_record(name=f"r{k}", duration_s=10.0, seed=k), folder)
+    return folder
+
+
+def test_train_command_writes_a_model_that_segments(records: Path, tmp_path: Path) -> None:
+    model_path = tmp_path / "m.safetensors"
+    args = ["train", str(records), "-o", str(model_path), "--steps", "2", "--batch-size", "2",
+            "--profile", "clean", "--threads", "1"]  # fmt: skip
+
+    result = runner.invoke(app, args)
+
+    assert result.exit_code == 0, result.output
+    assert "trained 2 steps on 2 records/pages (1 held out" in result.output
+    model, header = load_model(model_path)
+    assert header.training["held_out"] == 1 and header.training["profiles"] == ["clean"]
+    assert 0.0 <= header.metrics["val_dice_crops"] <= 1.0
+    checkpoint = tmp_path / "m.ckpt.safetensors"
+    assert checkpoint.is_file()
+
+    # The same command again resumes from the finished checkpoint: no step is repeated.
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert np.array_equal(
+        load_model(model_path)[0].state_dict()["segmentation_head.0.weight"].numpy(),
+        model.state_dict()["segmentation_head.0.weight"].numpy(),
+    )
+
+
+def test_train_refuses_a_single_record(tmp_path: Path, make_record: Callable[..., EcgRecord]) -> None:
+    write_record(make_record(name="only"), tmp_path / "one")
+    with pytest.raises(ConfigError, match="at least 2 records"):
+        train_to_file([tmp_path / "one"], tmp_path / "m.safetensors", steps=1)
+
+
+def test_train_on_nothing_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["train", str(tmp_path / "empty"), "-o", str(tmp_path / "m.safetensors")])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "error:" in result.output
