@@ -1,7 +1,4 @@
-"""The ``ecgdig`` command line: parses arguments, calls library functions, prints with rich.
-
-Exit codes: 0 success, 1 some inputs failed (each reported in one line), 2 usage error.
-"""
+"""Digitization, rendering, training and scoring commands."""
 
 from __future__ import annotations
 
@@ -11,26 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ecgdig import __version__
+from ecgdig.cli.common import app, err, fail, out
 from ecgdig.errors import EcgdigError
-
-app = typer.Typer(
-    name="ecgdig",
-    help="Digitize paper 12-lead ECG pages into calibrated WFDB records; train the trace segmenter "
-    "across hospitals.",
-    rich_markup_mode="rich",
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    # typer < 0.23 shows local variables in tracebacks, which can print keys and paths.
-    pretty_exceptions_show_locals=False,
-)
-# soft_wrap: never break a line, so output stays greppable in shell pipelines.
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 
 class Segmenter(StrEnum):
@@ -38,26 +20,6 @@ class Segmenter(StrEnum):
 
     classical = "classical"
     unet = "unet"
-
-
-def _version(value: bool) -> None:
-    if value:
-        out.print(f"ecgdig {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main_callback(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-) -> None:
-    """Digitize paper ECGs; train the segmenter across hospitals."""
-
-
-def _fail(exc: EcgdigError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=1)
 
 
 def _options(
@@ -177,7 +139,7 @@ def normalize(
     try:
         info = normalize_file(image, output, target_px_per_mm=px_per_mm)
     except EcgdigError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     out.print(
         f"{image}: {info['source_px_per_mm']:.4f} px/mm in the source "
         f"(confidence {info['px_per_mm_confidence']:.2f}, {info['scale_method']}), "
@@ -196,7 +158,7 @@ def grid(
     try:
         info = grid_file(page, output)
     except EcgdigError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     out.print(f"{page}: {info['grid_colour']} grid, leakage {info['leakage']:.2%} -> {output}")
 
 
@@ -214,7 +176,7 @@ def segment(
     try:
         info = segment_file(page, output, segmenter=segmenter.value, model_path=model, threads=threads)
     except EcgdigError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     out.print(f"{page}: {info['trace_fraction']:.2%} trace pixels ({info['segmenter']}) -> {output}")
 
 
@@ -240,7 +202,7 @@ def vectorize(
             options=_options(layout, mm_per_s, mm_per_mv, fs, Segmenter.classical),  # type: ignore[arg-type]
         )  # fmt: skip
     except EcgdigError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     out.print(f"{mask}: layout {info['layout']}, {info['mm_per_mv']:g} mm/mV -> {info['record']}")
     for warning in info["warnings"]:  # type: ignore[attr-defined]
         err.print(f"[yellow]warning:[/yellow] {warning}")
@@ -278,7 +240,7 @@ def render(
             dpi=dpi,
         )
     except EcgdigError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     out.print(f"rendered {len(pages)} pages from {len(stems)} records ({profile} profile) -> {output}")
 
 
@@ -331,7 +293,7 @@ def train(
                 on_step=report,
             )  # fmt: skip
     except EcgdigError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     dice = run.result.final_val_dice
     out.print(
         f"trained {run.result.steps} steps on {run.n_train} records/pages ({run.n_val} held out"
@@ -373,7 +335,7 @@ def evaluate(
         if plots is not None:
             plot_overlays(report, pred_dir, truth_dir, plots)
     except EcgdigError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if as_json:
         out.print_json(report.to_json())
         return
@@ -407,12 +369,3 @@ def evaluate(
         f"{report.n_missing_records} missing records; {report.n_perfect_leads} perfect leads "
         f"(capped at {report.perfect_snr_db:g} dB)"
     )
-
-
-def main() -> None:
-    """Entry point of the ``ecgdig`` console script."""
-    app()
-
-
-if __name__ == "__main__":
-    main()
