@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecgdig.errors import ConfigError
-from ecgdig.model.data import FixedCrops, PageFolder, RenderedPages
+from ecgdig.model.data import CropStream, FixedCrops, PageFolder, RenderedPages
 from ecgdig.model.files import ModelHeader, save_model
 from ecgdig.model.network import DEFAULT_PX_PER_MM, count_parameters, make_default_model
 from ecgdig.model.train import StepInfo, TrainResult, train
 from ecgdig.render import find_records
 
-__all__ = ["TrainRun", "train_to_file"]
+__all__ = ["TrainRun", "open_training_data", "train_to_file"]
 
 _CROP_PX = 256
 
@@ -85,24 +85,7 @@ def train_to_file(
     ConfigError
         If the inputs hold no record or page, or too few records to hold some out.
     """
-    common = {"crop_px": _CROP_PX, "px_per_mm": DEFAULT_PX_PER_MM}
-    folders = [Path(p) for p in inputs if Path(p).is_dir() and any(Path(p).glob("*_mask.png"))]
-    if folders:
-        if len(inputs) != 1:
-            raise ConfigError("give either one folder of rendered pages or WFDB records, not both")
-        data = PageFolder(folders[0], seed=seed, **common)
-        val_source = None
-        n_train, n_val = data.page_count(), 0
-    else:
-        records = find_records(inputs)
-        if len(records) < 2:
-            raise ConfigError("training needs at least 2 records (one is held out for validation)")
-        n_val = min(40, max(1, len(records) // 10))
-        data = RenderedPages(records[:-n_val], list(profiles), seed=seed, **common)
-        val_source = FixedCrops.from_stream(
-            RenderedPages(records[-n_val:], list(profiles), seed=seed + 1, crops_per_page=4, **common)
-        )
-        n_train = len(records) - n_val
+    data, val_source, n_train, n_val = open_training_data(inputs, profiles=profiles, seed=seed, hold_out=True)
     model = make_default_model(seed=seed)
     result = train(
         model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, val_data=val_source,
@@ -124,3 +107,61 @@ def train_to_file(
     )
     path = save_model(out_path, model, header)
     return TrainRun(Path(path), result, n_train, n_val)
+
+
+def open_training_data(
+    inputs: Sequence[str | Path],
+    *,
+    profiles: Sequence[str] = ("scanner", "phone"),
+    seed: int = 0,
+    hold_out: bool = True,
+    crops_per_page: int = 16,
+) -> tuple[CropStream, FixedCrops | None, int, int]:
+    """Open the crop source for WFDB records (rendered on the fly) or a folder of rendered pages.
+
+    Parameters
+    ----------
+    inputs : sequence of str or Path
+        WFDB records or folders of them, or exactly one folder of pages with ``<name>_mask.png``.
+    profiles : sequence of str, optional
+        Site profiles used to render records.
+    seed : int, optional
+        Seed of the crop stream (validation crops use ``seed + 1``).
+    hold_out : bool, optional
+        Hold the last tenth of the records (at most 40, at least 1) out for validation crops.
+        Folders of pages are never split.
+    crops_per_page : int, optional
+        Crops cut from each rendered page.
+
+    Returns
+    -------
+    data : CropStream
+        The training crops.
+    validation : FixedCrops or None
+        Validation crops, when records were held out.
+    n_train, n_val : int
+        Records (or pages) used for training and held out.
+
+    Raises
+    ------
+    ConfigError
+        If the inputs hold no record or page, mix both, or hold too few records to hold some out.
+    """
+    common = {"crop_px": _CROP_PX, "px_per_mm": DEFAULT_PX_PER_MM, "crops_per_page": crops_per_page}
+    folders = [Path(p) for p in inputs if Path(p).is_dir() and any(Path(p).glob("*_mask.png"))]
+    if folders:
+        if len(inputs) != 1:
+            raise ConfigError("give either one folder of rendered pages or WFDB records, not both")
+        pages = PageFolder(folders[0], seed=seed, **common)
+        return pages, None, pages.page_count(), 0
+    records = find_records(inputs)
+    if not hold_out:
+        return RenderedPages(records, list(profiles), seed=seed, **common), None, len(records), 0
+    if len(records) < 2:
+        raise ConfigError("training needs at least 2 records (one is held out for validation)")
+    n_val = min(40, max(1, len(records) // 10))
+    data = RenderedPages(records[:-n_val], list(profiles), seed=seed, **common)
+    validation = FixedCrops.from_stream(
+        RenderedPages(records[-n_val:], list(profiles), seed=seed + 1, **dict(common, crops_per_page=4))
+    )
+    return data, validation, len(records) - n_val, n_val
