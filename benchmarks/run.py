@@ -49,16 +49,24 @@ def _render(profile: str, out: Path, seed: int, n_pages: int, layout: str | None
     return pages[:n_pages]
 
 
+def parse_segmenter(spec: str) -> dict[str, object]:
+    """Turn ``classical``, ``unet`` (the shipped model) or ``unet=MODEL_PATH`` into option fields."""
+    name, _, path = spec.partition("=")
+    return {"segmenter": name, "model_path": path or None}
+
+
 def _digitize_and_score(
     pages: list[Path], truth_dir: Path, pred_dir: Path, segmenter: str
 ) -> dict[str, object]:
     from ecgdig.evaluate import evaluate_folders
     from ecgdig.pipeline.digitize import DigitizeOptions, digitize_files
 
-    outcomes = digitize_files(pages, pred_dir, options=DigitizeOptions(segmenter=segmenter), force=True)
+    options = DigitizeOptions(**parse_segmenter(segmenter))  # type: ignore[arg-type]
+    outcomes = digitize_files(pages, pred_dir, options=options, force=True)
     report = evaluate_folders(pred_dir, truth_dir)
     failed = [o.message for o in outcomes if o.status == "failed"]
     return {
+        "segmenter": segmenter,
         "pages": len(pages),
         "failed": len(failed),
         "failures": failed,
@@ -89,35 +97,29 @@ def _renamed_truth(pairs: list[tuple[Path, str]], out: Path) -> Path:
     return out
 
 
-def bench_quality(work: Path, seed: int, n_pages: int, segmenter: str) -> list[dict[str, object]]:
-    """Score rendered pages per profile, the real photos and the ecg-image-kit sample."""
-    rows: list[dict[str, object]] = []
+def bench_quality(work: Path, seed: int, n_pages: int, segmenters: list[str]) -> list[dict[str, object]]:
+    """Score rendered pages per profile, the real photos and the ecg-image-kit sample, per segmenter."""
+    sets: list[tuple[str, list[Path], Path]] = []
     for profile in ("clean", "scanner", "phone"):
         page_dir = work / "pages" / profile
         pages = _render(profile, page_dir, seed, n_pages, layout="3x4+1" if profile == "clean" else None)
-        result = _digitize_and_score(pages, page_dir, work / "pred" / profile, segmenter)
-        rows.append({"set": f"rendered {profile} ({len(pages)} pages, 18 test records)", **result})
+        sets.append((f"rendered {profile} ({len(pages)} pages, 18 test records)", pages, page_dir))
     photos = sorted((DATA / "pages" / "photos_with_truth").glob("*.jpg"))
     truth = _renamed_truth(
         [(DATA / "records" / "paper2pulse_truth_500hz" / p.stem.removesuffix("-0"), p.stem) for p in photos],
         work / "truth" / "photos",
     )
-    rows.append(
-        {
-            "set": "real phone photos (8)",
-            **_digitize_and_score(photos, truth, work / "pred" / "photos", segmenter),
-        }
-    )
+    sets.append(("real phone photos (8)", photos, truth))
     eik = DATA / "rendered_with_truth" / "00001_lr-0.png"
     truth = _renamed_truth(
         [(DATA / "records" / "ptbxl_100hz" / "00001_lr", eik.stem)], work / "truth" / "eik"
     )
-    rows.append(
-        {
-            "set": "ecg-image-kit sample 00001_lr (Jan 2024 time convention)",
-            **_digitize_and_score([eik], truth, work / "pred" / "eik", segmenter),
-        }
-    )
+    sets.append(("ecg-image-kit sample 00001_lr (Jan 2024 time convention)", [eik], truth))
+    rows: list[dict[str, object]] = []
+    for k, (name, pages, truth_dir) in enumerate(sets):
+        for j, segmenter in enumerate(segmenters):
+            pred = work / "pred" / f"set{k}-seg{j}"
+            rows.append({"set": name, **_digitize_and_score(pages, truth_dir, pred, segmenter)})
     return rows
 
 
@@ -128,10 +130,10 @@ def bench_robustness(work: Path, segmenter: str) -> dict[str, object]:
     scans = sorted(
         p for p in (DATA / "pages" / "real_no_truth").iterdir() if p.suffix.lower() in {".png", ".jpg"}
     )
-    outcomes = digitize_files(
-        scans, work / "pred" / "real_no_truth", options=DigitizeOptions(segmenter=segmenter), force=True
-    )
+    options = DigitizeOptions(**parse_segmenter(segmenter))  # type: ignore[arg-type]
+    outcomes = digitize_files(scans, work / "pred" / "real_no_truth", options=options, force=True)
     return {
+        "segmenter": segmenter,
         "images": len(scans),
         "records": sum(o.status == "done" for o in outcomes),
         "errors": [o.message for o in outcomes if o.status == "failed"],
@@ -144,14 +146,15 @@ import torch
 torch.set_num_threads(2)
 from ecgdig.io import read_image
 from ecgdig.pipeline.digitize import DigitizeOptions, digitize_image
-pages, repeats, segmenter = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+pages, repeats, fields = json.loads(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+options = DigitizeOptions(**fields, threads=2)
 images = [read_image(p) for p in pages]
-digitize_image(images[0], options=DigitizeOptions(segmenter=segmenter))  # warm-up
+digitize_image(images[0], options=options)  # warm-up
 out = []
 for image in images:
     for _ in range(repeats):
         t0 = time.perf_counter()
-        result = digitize_image(image, options=DigitizeOptions(segmenter=segmenter))
+        result = digitize_image(image, options=options)
         out.append({"total_s": time.perf_counter() - t0, **result.timings_s})
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"runs": out, "peak_rss_mb": peak_mb}))
@@ -162,13 +165,15 @@ def bench_speed(pages: list[Path], repeats: int, segmenter: str) -> dict[str, ob
     """Median seconds per page (2 threads) and per stage, and peak resident memory."""
     env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     proc = subprocess.run(
-        [sys.executable, "-c", _SPEED_CHILD, json.dumps([str(p) for p in pages]), str(repeats), segmenter],
+        [sys.executable, "-c", _SPEED_CHILD, json.dumps([str(p) for p in pages]), str(repeats),
+         json.dumps(parse_segmenter(segmenter))],
         capture_output=True, text=True, env=env, check=True,
     )  # fmt: skip
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     runs = data["runs"]
     stages = [k for k in runs[0] if k != "total_s"]
     return {
+        "segmenter": segmenter,
         "pages": len(pages),
         "repeats": repeats,
         "median_s": statistics.median(r["total_s"] for r in runs),
@@ -181,8 +186,8 @@ def bench_speed(pages: list[Path], repeats: int, segmenter: str) -> dict[str, ob
 
 def to_markdown(
     quality: list[dict[str, object]],
-    robust: dict[str, object],
-    speed: dict[str, object],
+    robust: list[dict[str, object]],
+    speed: list[dict[str, object]],
     meta: dict[str, object],
 ) -> str:
     """Format the results as the Markdown written to ``docs/benchmarks-latest.md``."""
@@ -190,43 +195,55 @@ def to_markdown(
         "# Latest `make bench` run",
         "",
         f"Run {meta['date']} on {meta['machine']} (Python {meta['python']}), "
-        f"segmenter `{meta['segmenter']}`, seed {meta['seed']}, {meta['wall_s']:.0f} s wall.",
+        f"segmenters {', '.join(f'`{s}`' for s in meta['segmenters'])}, seed {meta['seed']}, "  # type: ignore[attr-defined]
+        f"{meta['wall_s']:.0f} s wall.",
         "",
         "## Digitization quality (PhysioNet Challenge 2024 SNR, mean over (record, lead) pairs)",
         "",
-        "| page set | pages | failed | mean SNR dB | missing as 0 dB | median record SNR dB | mean r |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| page set | segmenter | pages | failed | mean SNR dB | missing as 0 dB | median record SNR dB "
+        "| mean r |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in quality:
         lines.append(
-            f"| {row['set']} | {row['pages']} | {row['failed']} | {row['mean_snr_db']:.2f} | "
-            f"{row['mean_snr_db_missing_as_zero']:.2f} | {row['median_record_snr_db']:.2f} | "
-            f"{row['mean_r']:.3f} |"
+            f"| {row['set']} | `{row['segmenter']}` | {row['pages']} | {row['failed']} | "
+            f"{row['mean_snr_db']:.2f} | {row['mean_snr_db_missing_as_zero']:.2f} | "
+            f"{row['median_record_snr_db']:.2f} | {row['mean_r']:.3f} |"
         )
-    lines += [
-        "",
-        "## Real clinical scans without truth",
-        "",
-        f"{robust['records']} of {robust['images']} images gave a record; the others gave one-line errors:",
-        "",
-    ]
-    lines += [f"- `{Path(str(e).split(':')[0]).name}`: {str(e).split(': ', 1)[-1]}" for e in robust["errors"]]  # type: ignore[attr-defined]
-    stages = speed["stages_median_s"]
-    lines += [
-        "",
-        "## Speed (200 dpi clean pages, 2 threads)",
-        "",
-        f"Median {speed['median_s']:.2f} s per page (min {speed['min_s']:.2f}, max {speed['max_s']:.2f}) "
-        f"over {speed['pages']} pages x {speed['repeats']} repeats; "
-        f"peak resident memory {speed['peak_rss_mb']:.0f} MB.",
-        "",
-        "| stage | median s | share |",
-        "|---|---:|---:|",
-    ]
-    total = sum(stages.values()) or 1.0  # type: ignore[union-attr]
-    for stage, seconds in stages.items():  # type: ignore[union-attr]
-        lines.append(f"| {stage} | {seconds:.3f} | {seconds / total:.0%} |")
-    return "\n".join(lines) + "\n"
+    lines += ["", "## Real clinical scans without truth", ""]
+    for result in robust:
+        errors: list[str] = result["errors"]  # type: ignore[assignment]
+        lines += [
+            f"`{result['segmenter']}`: {result['records']} of {result['images']} images gave a record; "
+            f"{len(errors)} gave one-line errors:",
+            "",
+        ]
+        lines += [f"- `{Path(e.split(':')[0]).name}`: {e.split(': ', 1)[-1]}" for e in errors]
+        lines.append("")
+    lines += ["## Speed (200 dpi clean pages, 2 threads)", ""]
+    for result in speed:
+        stages: dict[str, float] = result["stages_median_s"]  # type: ignore[assignment]
+        total = sum(stages.values()) or 1.0
+        lines += [
+            f"`{result['segmenter']}`: median {result['median_s']:.2f} s per page "
+            f"(min {result['min_s']:.2f}, max {result['max_s']:.2f}) over {result['pages']} pages x "
+            f"{result['repeats']} repeats; peak resident memory {result['peak_rss_mb']:.0f} MB.",
+            "",
+            "| stage | median s | share |",
+            "|---|---:|---:|",
+        ]
+        lines += [f"| {stage} | {sec:.3f} | {sec / total:.0%} |" for stage, sec in stages.items()]
+        lines.append("")
+    if len(speed) > 1:
+        base = float(speed[0]["median_s"])  # type: ignore[arg-type]
+        lines += [
+            "Ratios to `"
+            + str(speed[0]["segmenter"])
+            + "` measured in this run: "
+            + ", ".join(f"`{r['segmenter']}` {float(r['median_s']) / base:.2f}x" for r in speed[1:]),  # type: ignore[arg-type]
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -235,27 +252,34 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-latest.md")
     parser.add_argument("--pages", type=int, default=20, help="rendered pages per profile")
     parser.add_argument("--seed", type=int, default=2024)
-    parser.add_argument("--segmenter", default="classical")
+    parser.add_argument(
+        "--segmenter",
+        action="append",
+        help="classical, unet (the shipped model) or unet=MODEL_PATH; repeat to compare "
+        "[default: classical and unet]",
+    )
     parser.add_argument("--speed-pages", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-robustness", action="store_true", help="skip the real scans without truth")
     args = parser.parse_args()
+    segmenters: list[str] = args.segmenter or ["classical", "unet"]
     if not DATA.is_dir():
         sys.exit(f"benchmarks need the real data at {DATA}")
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="ecgdig-bench-") as tmp:
         work = Path(tmp)
-        quality = bench_quality(work, args.seed, args.pages, args.segmenter)
-        robust = bench_robustness(work, args.segmenter)
+        quality = bench_quality(work, args.seed, args.pages, segmenters)
+        robust = [] if args.skip_robustness else [bench_robustness(work, s) for s in segmenters]
         clean_pages = sorted((work / "pages" / "clean").glob("*.png"))
         clean_pages = [p for p in clean_pages if not p.stem.endswith(("_mask", "_labels"))][
             : args.speed_pages
         ]
-        speed = bench_speed(clean_pages, args.repeats, args.segmenter)
+        speed = [bench_speed(clean_pages, args.repeats, s) for s in segmenters]
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
-        "segmenter": args.segmenter,
+        "segmenters": segmenters,
         "seed": args.seed,
         "wall_s": time.time() - started,
     }

@@ -136,3 +136,9 @@ def test_stage_on_a_bad_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "bad.png: not an image file" in result.output
     assert "Traceback" not in result.output
+
+
+def test_model_without_the_unet_segmenter_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["segment", str(SAMPLE), "-o", str(tmp_path / "t.png"), "--model", "m.st"])
+    assert result.exit_code == 2
+    assert "--segmenter unet" in result.output

@@ -33,6 +33,7 @@ def _options(
 ) -> object:
     from ecgdig.pipeline.digitize import DigitizeOptions
 
+    _check_model_option(segmenter, model)
     return DigitizeOptions(
         layout=layout,
         mm_per_s=mm_per_s,
@@ -42,6 +43,12 @@ def _options(
         model_path=None if model is None else str(model),
         threads=threads,
     )
+
+
+def _check_model_option(segmenter: Segmenter, model: Path | None) -> None:
+    # A model given with the classical segmenter would be silently ignored: say so instead.
+    if model is not None and segmenter is not Segmenter.unet:
+        raise typer.BadParameter("a model file is only used with --segmenter unet", param_hint="--model")
 
 
 LayoutOpt = Annotated[
@@ -57,7 +64,10 @@ RateOpt = Annotated[float, typer.Option("--fs", help="Output sampling rate in Hz
 SegmenterOpt = Annotated[Segmenter, typer.Option("--segmenter", help="Trace segmenter.")]
 ModelOpt = Annotated[
     Path | None,
-    typer.Option("--model", help="Model file for --segmenter unet (safetensors, see docs/model.md)."),
+    typer.Option(
+        "--model",
+        help="Model file for --segmenter unet (safetensors, see docs/model.md) [default: the shipped model].",
+    ),
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for U-Net inference.")]
 
@@ -173,6 +183,7 @@ def segment(
     """Segment the ECG traces of a page into a probability mask."""
     from ecgdig.pipeline.stage_files import segment_file
 
+    _check_model_option(segmenter, model)
     try:
         info = segment_file(page, output, segmenter=segmenter.value, model_path=model, threads=threads)
     except EcgdigError as exc:

@@ -44,7 +44,9 @@ __all__ = [
     "MAX_MODEL_BYTES",
     "MODEL_FORMAT",
     "MODEL_FORMAT_VERSION",
+    "SHIPPED_MODEL",
     "ModelHeader",
+    "default_model_path",
     "load_model",
     "load_state_tensors",
     "model_tensors",
@@ -58,6 +60,8 @@ HEADER_KEY = "ecgdig.model"
 #: Refuse model files larger than this (the default network is about 3.4 MB).
 MAX_MODEL_BYTES = 1024**3
 _MAX_ST_HEADER_BYTES = 16 * 1024**2
+#: The default model shipped in the package (``make train-default`` reproduces it).
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "default.safetensors"
 _HEADER_FIELDS = frozenset(
     {"format", "version", "architecture", "px_per_mm", "classes", "training", "metrics", "ecgdig_version"}
 )
@@ -415,3 +419,16 @@ def load_model(path: str | Path, *, max_bytes: int = MAX_MODEL_BYTES) -> tuple[T
     load_state_tensors(model, tensors, path=path)
     model.eval()
     return model, info.header
+
+
+def default_model_path() -> Path:
+    """Return the model file shipped in the package (see ``docs/model-card.md``).
+
+    Raises
+    ------
+    ConfigError
+        If the installation lacks it (a source tree where ``make train-default`` was never run).
+    """
+    if not SHIPPED_MODEL.is_file():
+        raise ConfigError("no default model in this installation; pass --model PATH", SHIPPED_MODEL)
+    return SHIPPED_MODEL

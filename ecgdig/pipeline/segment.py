@@ -23,12 +23,14 @@ A learned segmenter plugs into the same function with ``segmenter="unet"`` once 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from ecgdig.errors import ConfigError
+from ecgdig.errors import ConfigError, ModelFileError
 from ecgdig.pipeline.grid import suppress_grid
 from ecgdig.types import GridSuppression, NormalizedPage, TraceProbability
 
@@ -65,7 +67,7 @@ def segment(
         ``"classical"`` (threshold and shape rules on the grid-free ink) or ``"unet"`` (the learned
         segmenter of :mod:`ecgdig.model`, tiled over the page on the CPU).
     model_path : str or Path, optional
-        Model file for ``"unet"`` (see ``docs/model.md``); required until a default model ships.
+        Model file for ``"unet"`` (see ``docs/model.md``); default: the model shipped in the package.
     threads : int, optional
         CPU threads for ``"unet"`` inference (default: torch's choice).
 
@@ -108,13 +110,14 @@ def segment(
 
 def _learned(page: NormalizedPage, model_path: str | Path | None, threads: int | None) -> TraceProbability:
     """Run the learned U-Net at its training scale and return the probability on the page's grid."""
-    if model_path is None:
-        raise ConfigError("segmenter 'unet' needs a model file (--model PATH); no default model ships yet")
     # Imported here: torch and the network are only needed by this segmenter.
-    from ecgdig.model.files import load_model
+    from ecgdig.model.files import default_model_path
     from ecgdig.model.inference import predict_trace_probability
 
-    model, header = load_model(model_path)
+    path = Path(model_path) if model_path is not None else default_model_path()
+    if not path.is_file():
+        raise ModelFileError("no such model file", path)
+    model, header = _cached_model(str(path.resolve()), path.stat().st_mtime_ns)
     image = page.image
     factor = header.px_per_mm / page.px_per_mm
     rows, cols = image.shape[:2]
@@ -126,8 +129,19 @@ def _learned(page: NormalizedPage, model_path: str | Path | None, threads: int |
         probability = cv2.resize(probability, (cols, rows), interpolation=cv2.INTER_LINEAR)
     return TraceProbability(
         probability=np.clip(probability, 0.0, 1.0).astype(np.float32),
-        segmenter=f"unet:{Path(model_path).name}",
+        segmenter=f"unet:{path.name}",
     )
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(path: str, mtime_ns: int) -> tuple[Any, Any]:
+    """Load a model file once per process (a batch digitizes many pages with one model).
+
+    ``mtime_ns`` is part of the key so that a model file replaced on disk is read again.
+    """
+    from ecgdig.model.files import load_model
+
+    return load_model(path)
 
 
 def _classical(ink: np.ndarray, px_per_mm: float) -> TraceProbability:

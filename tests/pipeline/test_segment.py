@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_normalize import GRID_COLOURS, grid_page
 
-from ecgdig.errors import ConfigError
+from ecgdig.errors import ConfigError, ModelFileError
 from ecgdig.pipeline.grid import suppress_grid
 from ecgdig.pipeline.segment import segment
 from ecgdig.types import GridSuppression, NormalizedPage
@@ -66,12 +66,12 @@ def test_rules_drop_lines_specks_and_blocks_but_keep_traces_and_text() -> None:
     assert float(p[80:180, 1200:1400].max()) == 0.0
 
 
-def test_unknown_and_unavailable_segmenters_raise_config_error() -> None:
+def test_unknown_segmenter_and_missing_model_file_are_clear_errors(tmp_path) -> None:
     page = _page(np.full((100, 100, 3), 255, np.uint8))
     with pytest.raises(ConfigError, match="unknown segmenter"):
         segment(page, segmenter="magic")
-    with pytest.raises(ConfigError, match="unet"):
-        segment(page, segmenter="unet")
+    with pytest.raises(ModelFileError, match="no such model file"):
+        segment(page, segmenter="unet", model_path=tmp_path / "absent.safetensors")
 
 
 def test_grid_of_another_shape_raises() -> None:
