@@ -63,6 +63,7 @@ from ecgdig.federated.privacy import (
     DEFAULT_DELTA,
     SAMPLING_MODES,
     EpsilonReport,
+    LedgerEntry,
     LedgerSummary,
     RoundPrivacy,
     SamplingMode,
@@ -106,18 +107,23 @@ __all__ = [
     "DpPlan",
     "FederationInit",
     "FederationPlan",
+    "OpenRound",
     "ParticipationError",
     "RejectedUpdate",
     "RoundInfo",
     "RoundReport",
     "SamplingPlan",
+    "SecureAggregationSummary",
     "UpdateInfo",
     "aggregate_round",
+    "check_release_budget",
     "init_federation",
     "load_optimizer_state",
     "load_plan",
     "load_round_info",
     "make_update",
+    "open_round",
+    "release_round",
     "round_dir_name",
 ]
 
@@ -944,14 +950,30 @@ def make_update(
 
 @dataclass(frozen=True)
 class AcceptedUpdate:
-    """An update that entered the aggregate."""
+    """An update that entered the aggregate.
+
+    Parameters
+    ----------
+    site_id : str
+        The site.
+    file : str
+        The file's name (an update, or a masked input under secure aggregation).
+    file_sha256 : str
+        SHA-256 of the file's bytes.
+    num_examples : int
+        ``n_k`` the site declared.
+    weight : float
+        Its aggregation weight.
+    l2_norm : float or None
+        The update's L2 norm; None under secure aggregation, where the coordinator never sees it.
+    """
 
     site_id: str
     file: str
     file_sha256: str
     num_examples: int
     weight: float
-    l2_norm: float
+    l2_norm: float | None
 
 
 @dataclass(frozen=True)
@@ -975,6 +997,40 @@ class DpRoundInfo:
     epsilon_pld: float | None
     ledger_seq: int
     ledger_head: str
+
+
+@dataclass(frozen=True)
+class SecureAggregationSummary:
+    """How a securely aggregated sum was obtained (the ``secure_aggregation`` part of a report).
+
+    Parameters
+    ----------
+    threshold : int
+        ``t``, the Shamir threshold and the fewest survivors a sum is released for.
+    frac_bits : int
+        Fractional bits of the fixed-point encoding mod 2^32.
+    roster_sha256 : str
+        SHA-256 of the roster file.
+    request_sha256 : str
+        SHA-256 of the unmask request.
+    roster : tuple of str
+        Sites that advertised keys (U1).
+    shared : tuple of str
+        Sites that sent shares (U2).
+    survivors : tuple of str
+        Sites whose masked input is in the sum (U3).
+    revealed : tuple of str
+        Sites that revealed shares (U4).
+    """
+
+    threshold: int
+    frac_bits: int
+    roster_sha256: str
+    request_sha256: str
+    roster: tuple[str, ...]
+    shared: tuple[str, ...]
+    survivors: tuple[str, ...]
+    revealed: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -1007,6 +1063,9 @@ class RoundReport:
         Payload hash of the persisted moments (adaptive strategies).
     dp : DpRoundInfo or None
         Noise and budget, when DP is on.
+    secure_aggregation : SecureAggregationSummary or None, optional
+        The protocol run, when the sum came from secure aggregation (``report.json`` then has a
+        ``secure_aggregation`` key; plain rounds have none).
     """
 
     federation_id: str
@@ -1021,6 +1080,7 @@ class RoundReport:
     next_selected_sites: tuple[str, ...]
     optimizer_state_sha256: str | None
     dp: DpRoundInfo | None
+    secure_aggregation: SecureAggregationSummary | None = None
 
     def to_json(self) -> str:
         """Return the ``report.json`` text (no timestamps or absolute paths, so reruns match)."""
@@ -1040,6 +1100,8 @@ class RoundReport:
             "optimizer_state_sha256": self.optimizer_state_sha256,
             "dp": None if self.dp is None else asdict(self.dp),
         }
+        if self.secure_aggregation is not None:
+            data["secure_aggregation"] = asdict(self.secure_aggregation)
         return _pretty_json(data)
 
 
@@ -1150,6 +1212,314 @@ def _collect_updates(
     return accumulator, accepted, rejected
 
 
+@dataclass(frozen=True)
+class OpenRound:
+    """A round folder checked and loaded for aggregation (see :func:`open_round`).
+
+    Parameters
+    ----------
+    plan : FederationPlan
+        The federation's plan.
+    registry : Registry
+        Trusted site keys.
+    info : RoundInfo
+        The round being aggregated.
+    round_path : Path
+        Its folder.
+    ledger_path : Path
+        The privacy ledger (may not exist yet).
+    model_header : FileHeader
+        The verified header of the round's global model.
+    global_tensors : dict of str to float32 ndarray
+        The global model.
+    state : OptimizerState
+        The server optimizer state the step starts from.
+    target : Path
+        The next round folder, which does not exist yet.
+    """
+
+    plan: FederationPlan
+    registry: Registry
+    info: RoundInfo
+    round_path: Path
+    ledger_path: Path
+    model_header: FileHeader
+    global_tensors: Tensors
+    state: OptimizerState
+    target: Path
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """The model's tensor names and shapes."""
+        return {name: tuple(t.shape) for name, t in self.global_tensors.items()}
+
+
+def open_round(
+    round_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    coordinator_key: SiteKey,
+    federation_dir: str | Path | None = None,
+) -> OpenRound:
+    """Load and verify everything an aggregation starts from, writing nothing.
+
+    Checks the plan against the registry and the coordinator key, the round folder and its signed
+    global model, that the next round folder does not exist yet, the optimizer state and (with DP)
+    that the privacy ledger still holds every entry the round folder recorded.
+
+    Parameters
+    ----------
+    round_dir : str or Path
+        The folder of the round being aggregated (``round-NNNN``).
+    out_dir : str or Path, optional
+        The new round folder; default ``<federation>/round-(N+1)``. Must not exist.
+    coordinator_key : SiteKey
+        The coordinator's signing key; must match the plan.
+    federation_dir : str or Path, optional
+        Folder of ``plan.json``, ``registry.json`` and ``ledger.jsonl``; default ``round_dir``'s parent.
+
+    Returns
+    -------
+    OpenRound
+        The loaded round.
+
+    Raises
+    ------
+    ConfigError
+        Missing or inconsistent plan, registry, round folder or state; ``out_dir`` exists.
+    UpdateRejectedError
+        The global model or the privacy ledger fails verification.
+    """
+    round_path = Path(round_dir)
+    fed = Path(federation_dir) if federation_dir is not None else round_path.parent
+    plan = load_plan(fed / PLAN_FILE)
+    registry = load_registry(fed / REGISTRY_FILE)
+    _check_plan_against(plan, registry, coordinator_key, fed / PLAN_FILE)
+    info = load_round_info(round_path)
+    if info.federation_id != plan.federation_id:
+        raise ConfigError(
+            f"round folder belongs to federation {info.federation_id!r}", round_path / ROUND_FILE
+        )
+    header, global_tensors = validate_model(
+        round_path / GLOBAL_FILE,
+        federation_id=plan.federation_id,
+        coordinator_id=plan.coordinator_id,
+        coordinator_public_key=plan.coordinator_key_bytes,
+        expected_round=info.round,
+    )
+    if header.payload_sha256 != info.global_sha256:
+        raise ConfigError(
+            "round.json names another global model than global.safetensors", round_path / ROUND_FILE
+        )
+    target = Path(out_dir) if out_dir is not None else fed / round_dir_name(info.round + 1)
+    if target.exists():
+        raise ConfigError("output round folder already exists; refusing to overwrite it", target)
+    shapes = {name: tuple(t.shape) for name, t in global_tensors.items()}
+    state = load_optimizer_state(round_path, plan=plan, round_number=info.round, reference_shapes=shapes)
+    ledger_path = fed / LEDGER_FILE
+    if plan.dp is not None:
+        _check_ledger_position(ledger_path, info, plan.federation_id)
+    return OpenRound(
+        plan=plan,
+        registry=registry,
+        info=info,
+        round_path=round_path,
+        ledger_path=ledger_path,
+        model_header=header,
+        global_tensors=global_tensors,
+        state=state,
+        target=target,
+    )
+
+
+def check_release_budget(
+    opened: OpenRound, n_sites: int, max_epsilon: float | None = None
+) -> LedgerEntry | None:
+    """Check the privacy budget of releasing this round and return its ledger entry, unwritten.
+
+    Call it before any noise is drawn and, under secure aggregation, before any mask is removed:
+    a refused round then releases nothing and spends nothing.
+
+    Parameters
+    ----------
+    opened : OpenRound
+        The round (:func:`open_round`).
+    n_sites : int
+        Number of updates in the sum.
+    max_epsilon : float, optional
+        Limit in addition to the plan's ``dp.max_epsilon`` (the smaller applies).
+
+    Returns
+    -------
+    LedgerEntry or None
+        The entry to commit with the release; None when DP is off.
+
+    Raises
+    ------
+    ecgdig.errors.PrivacyBudgetError
+        The release would push the RDP epsilon above the limit.
+    """
+    plan = opened.plan
+    if plan.dp is None:
+        return None
+    limits = [x for x in (plan.dp.max_epsilon, max_epsilon) if x is not None]
+    return prepare_ledger_entry(
+        opened.ledger_path,
+        federation_id=plan.federation_id,
+        round=opened.info.round,
+        privacy=plan.round_privacy(),
+        clip_norm=plan.clip_norm,
+        denominator=_denominator(plan),
+        n_sites=n_sites,
+        delta=plan.dp.delta,
+        max_epsilon=min(limits) if limits else None,
+    )
+
+
+def release_round(
+    opened: OpenRound,
+    weighted_sum: Mapping[str, NDArray[np.floating]],
+    *,
+    total_weight: float,
+    accepted: Sequence[AcceptedUpdate],
+    rejected: Sequence[RejectedUpdate],
+    ledger_entry: LedgerEntry | None,
+    coordinator_key: SiteKey,
+    rng: int | np.random.Generator | None = None,
+    secure_aggregation: SecureAggregationSummary | None = None,
+) -> RoundReport:
+    """Turn a weighted sum of clipped updates into the next round folder.
+
+    Everything after summation, shared by plain and secure aggregation: with DP, add
+    ``N(0, (z S)^2)`` to the sum and divide by the fixed denominator, else divide by the total
+    weight; apply the server optimizer; record the release in the ledger (before publishing); write
+    the next round folder atomically (global model, ``round.json``, optimizer state, ``report.json``).
+
+    Parameters
+    ----------
+    opened : OpenRound
+        The round (:func:`open_round`).
+    weighted_sum : mapping of str to ndarray
+        ``sum_k w_k delta_k`` over the accepted updates, float64 preferred.
+    total_weight : float
+        ``sum_k w_k`` (the denominator of the mean when DP is off).
+    accepted, rejected : sequence
+        What entered the sum and what was left out, for the report.
+    ledger_entry : LedgerEntry or None
+        From :func:`check_release_budget` (required when DP is on).
+    coordinator_key : SiteKey
+        Signs the new global model.
+    rng : int, Generator or None, optional
+        Source of DP noise and site sampling; None seeds from the OS CSPRNG.
+    secure_aggregation : SecureAggregationSummary or None, optional
+        How the sum was obtained, when it came from secure aggregation (recorded in the report).
+
+    Returns
+    -------
+    RoundReport
+        The report, also written as ``report.json``.
+
+    Raises
+    ------
+    ModelFileError
+        The server step produced NaN or Inf (nothing written).
+    ConfigError
+        DP is on and no ledger entry was given.
+    """
+    plan, info, header = opened.plan, opened.info, opened.model_header
+    generator: np.random.Generator | None = None
+    dp_info: DpRoundInfo | None = None
+    if plan.dp is not None:
+        if ledger_entry is None:
+            raise ConfigError("a DP release needs its ledger entry (check_release_budget) first")
+        generator = make_rng(rng)
+        noise_std = plan.dp.noise_multiplier * plan.clip_norm
+        noised = add_gaussian_noise(weighted_sum, noise_std, generator)
+        mean_delta = fixed_denominator_mean(noised, _denominator(plan))
+        dp_info = DpRoundInfo(
+            noise_multiplier=plan.dp.noise_multiplier,
+            clip_norm=plan.clip_norm,
+            noise_std=noise_std,
+            denominator=_denominator(plan),
+            delta=plan.dp.delta,
+            epsilon_rdp=ledger_entry.epsilon_rdp,
+            epsilon_pld=ledger_entry.epsilon_pld,
+            ledger_seq=ledger_entry.seq,
+            ledger_head=ledger_entry.hash,
+        )
+    else:
+        if total_weight <= 0:
+            raise ValueError("cannot take the mean: the total weight is zero")
+        mean_delta = fixed_denominator_mean(weighted_sum, total_weight)
+
+    new_global, new_state = server_step(plan.strategy, opened.global_tensors, mean_delta, opened.state)
+    if not all(np.isfinite(t).all() for t in new_global.values()):
+        raise ModelFileError(f"round {info.round}: the server step produced NaN or Inf; nothing written")
+    if plan.sampling.mode != "full" and generator is None:
+        generator = make_rng(rng)
+    next_selected = tuple(
+        select_sites(
+            list(opened.registry.sites),
+            sampling=plan.sampling.mode,
+            q=plan.sampling.q,
+            sample_size=plan.sampling.sample_size,
+            rng=generator,
+        )
+    )
+    # Under DP the released model carries no example count: it would reveal who took part.
+    model_examples = 0 if plan.dp is not None else sum(a.num_examples for a in accepted)
+    model_bytes, new_header = _model_file_bytes(
+        new_global,
+        plan=plan,
+        round_number=info.round + 1,
+        base_sha256=header.payload_sha256,
+        num_examples=model_examples,
+        coordinator_key=coordinator_key,
+    )
+
+    files: dict[str, bytes | str] = {GLOBAL_FILE: model_bytes}
+    state_sha: str | None = None
+    if plan.strategy.adaptive:
+        files[STATE_FILE], state_sha = _optimizer_state_bytes(
+            new_state,
+            federation_id=plan.federation_id,
+            round_number=info.round + 1,
+            strategy=plan.strategy.name,
+        )
+    ledger_length, ledger_head = info.ledger_length, info.ledger_head
+    if ledger_entry is not None:
+        # Record the release before publishing it: a crash in between over-counts, never under-counts.
+        summary = commit_ledger_entry(opened.ledger_path, ledger_entry)
+        ledger_length, ledger_head = len(summary.entries), summary.head_hash
+    report = RoundReport(
+        federation_id=plan.federation_id,
+        round=info.round,
+        out_dir=opened.target,
+        base_sha256=header.payload_sha256,
+        global_sha256=new_header.payload_sha256,
+        strategy=plan.strategy,
+        accepted=tuple(accepted),
+        rejected=tuple(rejected),
+        selected_sites=info.selected_sites,
+        next_selected_sites=next_selected,
+        optimizer_state_sha256=state_sha,
+        dp=dp_info,
+        secure_aggregation=secure_aggregation,
+    )
+    next_info = RoundInfo(
+        federation_id=plan.federation_id,
+        round=info.round + 1,
+        global_sha256=new_header.payload_sha256,
+        selected_sites=next_selected,
+        ledger_length=ledger_length,
+        ledger_head=ledger_head,
+    )
+    files[ROUND_FILE] = next_info.to_json()
+    files[REPORT_FILE] = report.to_json()
+    _write_round_folder(opened.target, files)
+    return report
+
+
 def aggregate_round(
     round_dir: str | Path,
     update_paths: Sequence[str | Path],
@@ -1163,13 +1533,13 @@ def aggregate_round(
 ) -> RoundReport:
     """Aggregate one round's update files into the next round folder.
 
-    Steps: load and verify the plan, registry, round folder, global model and optimizer state;
-    validate every update (reasons collected, bad ones skipped, duplicates and unselected sites
-    refused); stream the valid ones into a weighted sum in site order; refuse below the plan's
-    ``min_sites``; with DP, check the budget (before any noise), add ``N(0, (z S)^2)`` to the sum,
-    divide by the fixed denominator and record the release in the ledger; apply the server
-    optimizer; write the next round folder atomically (global model, ``round.json``, optimizer
-    state, ``report.json``). On any refusal nothing is written and no noise is drawn.
+    Steps: load and verify the plan, registry, round folder, global model and optimizer state
+    (:func:`open_round`); validate every update (reasons collected, bad ones skipped, duplicates and
+    unselected sites refused); stream the valid ones into a weighted sum in site order; refuse below
+    the plan's ``min_sites``; with DP, check the budget before any noise (:func:`check_release_budget`);
+    then :func:`release_round`: noise and fixed denominator under DP, the server optimizer, the ledger
+    entry, and the next round folder written atomically. On any refusal nothing is written and no
+    noise is drawn.
 
     Parameters
     ----------
@@ -1209,38 +1579,15 @@ def aggregate_round(
     UpdateRejectedError
         The global model or the privacy ledger fails verification.
     """
-    round_path = Path(round_dir)
-    fed = Path(federation_dir) if federation_dir is not None else round_path.parent
-    plan = load_plan(fed / PLAN_FILE)
-    registry = load_registry(fed / REGISTRY_FILE)
-    _check_plan_against(plan, registry, coordinator_key, fed / PLAN_FILE)
-    info = load_round_info(round_path)
-    if info.federation_id != plan.federation_id:
-        raise ConfigError(
-            f"round folder belongs to federation {info.federation_id!r}", round_path / ROUND_FILE
-        )
-    header, global_tensors = validate_model(
-        round_path / GLOBAL_FILE,
-        federation_id=plan.federation_id,
-        coordinator_id=plan.coordinator_id,
-        coordinator_public_key=plan.coordinator_key_bytes,
-        expected_round=info.round,
-    )
-    if header.payload_sha256 != info.global_sha256:
-        raise ConfigError(
-            "round.json names another global model than global.safetensors", round_path / ROUND_FILE
-        )
-    target = Path(out_dir) if out_dir is not None else fed / round_dir_name(info.round + 1)
-    if target.exists():
-        raise ConfigError("output round folder already exists; refusing to overwrite it", target)
-    shapes = {name: tuple(t.shape) for name, t in global_tensors.items()}
-    state = load_optimizer_state(round_path, plan=plan, round_number=info.round, reference_shapes=shapes)
-    ledger_path = fed / LEDGER_FILE
-    if plan.dp is not None:
-        _check_ledger_position(ledger_path, info, plan.federation_id)
-
+    opened = open_round(round_dir, out_dir, coordinator_key=coordinator_key, federation_dir=federation_dir)
+    plan, info = opened.plan, opened.info
     accumulator, accepted, rejected = _collect_updates(
-        update_paths, registry=registry, plan=plan, info=info, reference_shapes=shapes, max_bytes=max_bytes
+        update_paths,
+        registry=opened.registry,
+        plan=plan,
+        info=info,
+        reference_shapes=opened.shapes,
+        max_bytes=max_bytes,
     )
     if len(accepted) < plan.min_sites:
         reasons = "; ".join(f"{r.file}: {r.reason}" for r in rejected[:3])
@@ -1248,110 +1595,20 @@ def aggregate_round(
         raise ParticipationError(
             f"round {info.round}: {len(accepted)} valid update(s), the plan needs {plan.min_sites}; "
             "nothing written" + (f"; rejected: {reasons}{more}" if rejected else ""),
-            round_path,
+            opened.round_path,
             rejected=rejected,
         )
-
-    generator: np.random.Generator | None = None
-    dp_info: DpRoundInfo | None = None
-    ledger_entry = None
-    if plan.dp is not None:
-        limits = [x for x in (plan.dp.max_epsilon, max_epsilon) if x is not None]
-        ledger_entry = prepare_ledger_entry(  # raises PrivacyBudgetError before any noise is drawn
-            ledger_path,
-            federation_id=plan.federation_id,
-            round=info.round,
-            privacy=plan.round_privacy(),
-            clip_norm=plan.clip_norm,
-            denominator=_denominator(plan),
-            n_sites=len(accepted),
-            delta=plan.dp.delta,
-            max_epsilon=min(limits) if limits else None,
-        )
-        generator = make_rng(rng)
-        noise_std = plan.dp.noise_multiplier * plan.clip_norm
-        noised = add_gaussian_noise(accumulator.weighted_sum, noise_std, generator)
-        mean_delta = fixed_denominator_mean(noised, _denominator(plan))
-        dp_info = DpRoundInfo(
-            noise_multiplier=plan.dp.noise_multiplier,
-            clip_norm=plan.clip_norm,
-            noise_std=noise_std,
-            denominator=_denominator(plan),
-            delta=plan.dp.delta,
-            epsilon_rdp=ledger_entry.epsilon_rdp,
-            epsilon_pld=ledger_entry.epsilon_pld,
-            ledger_seq=ledger_entry.seq,
-            ledger_head=ledger_entry.hash,
-        )
-    else:
-        mean_delta = accumulator.mean()
-    del accumulator
-
-    new_global, new_state = server_step(plan.strategy, global_tensors, mean_delta, state)
-    if not all(np.isfinite(t).all() for t in new_global.values()):
-        raise ModelFileError(f"round {info.round}: the server step produced NaN or Inf; nothing written")
-    if plan.sampling.mode != "full" and generator is None:
-        generator = make_rng(rng)
-    next_selected = tuple(
-        select_sites(
-            list(registry.sites),
-            sampling=plan.sampling.mode,
-            q=plan.sampling.q,
-            sample_size=plan.sampling.sample_size,
-            rng=generator,
-        )
-    )
-    # Under DP the released model carries no example count: it would reveal who took part.
-    model_examples = 0 if plan.dp is not None else sum(a.num_examples for a in accepted)
-    model_bytes, new_header = _model_file_bytes(
-        new_global,
-        plan=plan,
-        round_number=info.round + 1,
-        base_sha256=header.payload_sha256,
-        num_examples=model_examples,
+    ledger_entry = check_release_budget(opened, len(accepted), max_epsilon)  # before any noise is drawn
+    return release_round(
+        opened,
+        accumulator.weighted_sum,
+        total_weight=accumulator.total_weight,
+        accepted=accepted,
+        rejected=rejected,
+        ledger_entry=ledger_entry,
         coordinator_key=coordinator_key,
+        rng=rng,
     )
-
-    files: dict[str, bytes | str] = {GLOBAL_FILE: model_bytes}
-    state_sha: str | None = None
-    if plan.strategy.adaptive:
-        files[STATE_FILE], state_sha = _optimizer_state_bytes(
-            new_state,
-            federation_id=plan.federation_id,
-            round_number=info.round + 1,
-            strategy=plan.strategy.name,
-        )
-    ledger_length, ledger_head = info.ledger_length, info.ledger_head
-    if ledger_entry is not None:
-        # Record the release before publishing it: a crash in between over-counts, never under-counts.
-        summary = commit_ledger_entry(ledger_path, ledger_entry)
-        ledger_length, ledger_head = len(summary.entries), summary.head_hash
-    report = RoundReport(
-        federation_id=plan.federation_id,
-        round=info.round,
-        out_dir=target,
-        base_sha256=header.payload_sha256,
-        global_sha256=new_header.payload_sha256,
-        strategy=plan.strategy,
-        accepted=tuple(accepted),
-        rejected=tuple(rejected),
-        selected_sites=info.selected_sites,
-        next_selected_sites=next_selected,
-        optimizer_state_sha256=state_sha,
-        dp=dp_info,
-    )
-    next_info = RoundInfo(
-        federation_id=plan.federation_id,
-        round=info.round + 1,
-        global_sha256=new_header.payload_sha256,
-        selected_sites=next_selected,
-        ledger_length=ledger_length,
-        ledger_head=ledger_head,
-    )
-    files[ROUND_FILE] = next_info.to_json()
-    files[REPORT_FILE] = report.to_json()
-    _write_round_folder(target, files)
-    return report
 
 
 def _denominator(plan: FederationPlan) -> float:
