@@ -275,6 +275,10 @@ def train(
         typer.Option("--checkpoint", help="Resumable checkpoint [default: <output>.ckpt.safetensors]."),
     ] = None,
     threads: ThreadsOpt = None,
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="Fine-tune this model file instead of starting from random weights."),
+    ] = None,
 ) -> None:
     """Train the U-Net trace segmenter on pages rendered on the fly (or read from a folder).
 
@@ -301,7 +305,7 @@ def train(
             run = train_to_file(
                 inputs, output, profiles=profile or ("scanner", "phone"), steps=steps,
                 batch_size=batch_size, lr=lr, seed=seed, checkpoint=checkpoint, threads=threads,
-                on_step=report,
+                on_step=report, init_from=init,
             )  # fmt: skip
     except EcgdigError as exc:
         raise fail(exc) from None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ecgdig.errors import ConfigError
 from ecgdig.model.data import CropStream, FixedCrops, PageFolder, RenderedPages
-from ecgdig.model.files import ModelHeader, save_model
+from ecgdig.model.files import ModelHeader, load_model, save_model
 from ecgdig.model.network import DEFAULT_PX_PER_MM, count_parameters, make_default_model
 from ecgdig.model.train import StepInfo, TrainResult, train
 from ecgdig.render import find_records
@@ -55,6 +55,7 @@ def train_to_file(
     checkpoint: str | Path | None = None,
     threads: int | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainRun:
     """Train the default U-Net and write it as a model file.
 
@@ -74,6 +75,9 @@ def train_to_file(
         CPU threads.
     on_step : callable, optional
         Progress callback.
+    init_from : str or Path, optional
+        Start from this model file's architecture and weights (fine-tuning) instead of a freshly
+        initialized default network.
 
     Returns
     -------
@@ -86,7 +90,17 @@ def train_to_file(
         If the inputs hold no record or page, or too few records to hold some out.
     """
     data, val_source, n_train, n_val = open_training_data(inputs, profiles=profiles, seed=seed, hold_out=True)
-    model = make_default_model(seed=seed)
+    if init_from is None:
+        model, started_from = make_default_model(seed=seed), None
+    else:
+        model, init_header = load_model(init_from)
+        if init_header.px_per_mm != DEFAULT_PX_PER_MM:
+            raise ConfigError(
+                f"fine-tuning needs a model at {DEFAULT_PX_PER_MM:g} px/mm, this one is at "
+                f"{init_header.px_per_mm:g}",
+                init_from,
+            )
+        started_from = {"file": Path(init_from).name, "metrics": dict(init_header.metrics)}
     result = train(
         model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, val_data=val_source,
         val_every=max(50, steps // 5), checkpoint=checkpoint, on_step=on_step, schedule="cosine",
@@ -102,6 +116,7 @@ def train_to_file(
             "profiles": list(profiles),
             "run": result.summary(),
             "parameters": count_parameters(model),
+            **({} if started_from is None else {"fine_tuned_from": started_from}),
         },
         metrics={} if result.final_val_dice is None else {"val_dice_crops": float(result.final_val_dice)},
     )

@@ -62,3 +62,18 @@ def test_train_on_nothing_is_one_line_and_exit_1(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", str(tmp_path / "empty"), "-o", str(tmp_path / "m.safetensors")])
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and "error:" in result.output
+
+
+def test_fine_tuning_keeps_the_architecture_and_records_the_origin(records: Path, tmp_path: Path) -> None:
+    from ecgdig.model.files import ModelHeader, save_model
+    from ecgdig.model.network import TraceUnet, UnetArchitecture
+
+    tiny = UnetArchitecture(encoder_widths=(4, 8), decoder_channels=(8, 4), channels_per_group=4)
+    start = save_model(tmp_path / "start.safetensors", TraceUnet(tiny), ModelHeader(tiny, metrics={"d": 0.5}))
+
+    run = train_to_file([records], tmp_path / "tuned.safetensors", profiles=("clean",), steps=1,
+                        batch_size=2, init_from=start, threads=1)  # fmt: skip
+
+    _, header = load_model(run.model_path)
+    assert header.architecture == tiny
+    assert header.training["fine_tuned_from"] == {"file": "start.safetensors", "metrics": {"d": 0.5}}
