@@ -295,9 +295,17 @@ def train(
     )  # fmt: skip
     task = progress.add_task("", total=steps)
 
+    # Without a terminal (a log file, a batch job) the bar is off: log a line every 5% instead.
+    log_every = 0 if err.is_terminal else max(1, steps // 20)
+
     def report(info: StepInfo) -> None:
         if info.val_dice is not None:
             progress.console.print(f"step {info.step}: validation Dice {info.val_dice:.4f}")
+        elif log_every and info.step % log_every == 0:
+            progress.console.print(
+                f"step {info.step}/{info.total_steps}: loss {info.loss:.4f}, lr {info.lr:.2e}, "
+                f"{info.elapsed_s:.0f} s"
+            )
         progress.update(task, completed=info.step, description=f"loss {info.loss:.4f} lr {info.lr:.2e}")
 
     try:

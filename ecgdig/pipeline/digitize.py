@@ -116,8 +116,8 @@ class DigitizationResult:
         Per-lead fraction of the time window where trace was found.
     page : NormalizedPage
         The normalized page.
-    grid : GridSuppression
-        The page without its grid.
+    grid : GridSuppression or None
+        The page without its grid (None for the learned segmenter, which does not need it).
     probability : TraceProbability
         Trace probability map.
     rows : list of RowBand
@@ -135,7 +135,7 @@ class DigitizationResult:
     record: EcgRecord
     confidence: dict[str, float]
     page: NormalizedPage
-    grid: GridSuppression
+    grid: GridSuppression | None
     probability: TraceProbability
     rows: list[RowBand]
     traces: list[RowTrace | None]
@@ -180,7 +180,8 @@ def digitize_image(
 
     page = normalize(image, target_px_per_mm=options.target_px_per_mm)
     lap("normalize")
-    grid = suppress_grid(page)
+    # The learned segmenter reads the page itself; only the classical one needs the grid removed.
+    grid = suppress_grid(page) if options.segmenter == "classical" else None
     lap("grid")
     probability = segment(
         page, grid=grid, segmenter=options.segmenter, model_path=options.model_path, threads=options.threads
@@ -337,8 +338,8 @@ def sidecar(result: DigitizationResult, *, source: Path | None = None) -> dict[s
         "scale_method": result.page.scale_method,
         "rotation_deg": round(result.page.rotation_deg, 3),
         "perspective_corrected": result.page.perspective_corrected,
-        "grid_colour": result.grid.grid_colour,
-        "grid_leakage": round(result.grid.leakage, 4),
+        "grid_colour": None if result.grid is None else result.grid.grid_colour,
+        "grid_leakage": None if result.grid is None else round(result.grid.leakage, 4),
         "segmenter": result.probability.segmenter,
         "mm_per_s": layout.mm_per_s,
         "mm_per_mv": layout.mm_per_mv,
