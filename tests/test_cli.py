@@ -20,7 +20,8 @@ runner = CliRunner()
 def test_every_command_has_help() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0, result.output
-    commands = ["digitize", "normalize", "grid", "segment", "vectorize", "render", "evaluate", "train"]
+    commands = ["digitize", "normalize", "grid", "segment", "vectorize", "render", "evaluate", "train",
+                "keygen", "fed-init", "fed-train", "aggregate", "privacy", "fed-export"]  # fmt: skip
     for command in commands:
         sub = runner.invoke(app, [command, "--help"])
         assert sub.exit_code == 0, (command, sub.output)

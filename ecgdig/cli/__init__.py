@@ -7,7 +7,10 @@ Exit codes: 0 success, 1 some inputs failed (each reported in one line), 2 usage
 
 from __future__ import annotations
 
-from ecgdig.cli import pages  # noqa: F401  (registers the commands)
+from ecgdig.cli import (
+    federated,  # noqa: F401
+    pages,  # noqa: F401  (registers the commands)
+)
 from ecgdig.cli.common import app
 
 __all__ = ["app", "main"]

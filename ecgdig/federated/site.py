@@ -23,8 +23,8 @@ import torch
 from ecgdig.errors import ConfigError
 from ecgdig.federated.coordinator import FederationPlan, UpdateInfo, make_update
 from ecgdig.federated.files import FileHeader
-from ecgdig.federated.keys import SiteKey
-from ecgdig.federated.validate import validate_model
+from ecgdig.federated.keys import Registry, SiteKey
+from ecgdig.federated.validate import ValidUpdate, validate_model, validate_update
 from ecgdig.io.atomic import atomic_write_text
 from ecgdig.model.files import ModelHeader, load_state_tensors, model_tensors
 from ecgdig.model.network import TraceUnet
@@ -36,6 +36,7 @@ __all__ = [
     "build_global_network",
     "read_model_spec",
     "train_site_update",
+    "verify_site_update",
     "write_model_spec",
 ]
 
@@ -166,6 +167,7 @@ def train_site_update(
     lr: float = 1e-3,
     seed: int = 0,
     checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
     threads: int | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> SiteRound:
@@ -196,6 +198,8 @@ def train_site_update(
     checkpoint : str or Path, optional
         Resumable checkpoint (default: ``<out>.<global hash>.ckpt.safetensors``); removed once the
         update is written.
+    checkpoint_every : int, optional
+        Steps between checkpoints (default: :func:`ecgdig.model.train.train`'s).
     threads : int, optional
         CPU threads.
     on_step : callable, optional
@@ -221,6 +225,8 @@ def train_site_update(
     if checkpoint is None:
         checkpoint = out_path.with_name(f"{out_path.name}.{header.payload_sha256[:12]}.ckpt.safetensors")
     mu = plan.proximal_mu if proximal_mu is None else float(proximal_mu)
+    # Only forward an explicit value, so the checkpoint interval's default lives in train() alone.
+    every = {} if checkpoint_every is None else {"checkpoint_every": checkpoint_every}
     result = train(
         network,
         data,
@@ -233,9 +239,59 @@ def train_site_update(
         checkpoint=checkpoint,
         on_step=on_step,
         threads=threads,
+        **every,
     )
     with torch.no_grad():
         local = model_tensors(network)
     update = make_update(global_path, local, out_path, site_key, plan=plan, num_examples=num_examples)
     Path(checkpoint).unlink(missing_ok=True)
     return SiteRound(update=update, training=result, round_number=header.round, num_examples=num_examples)
+
+
+def verify_site_update(
+    update_path: str | Path, global_path: str | Path, site_key: SiteKey, *, plan: FederationPlan
+) -> ValidUpdate:
+    """Check that a file is a valid update of this site for this global model.
+
+    The coordinator's checks (:func:`~ecgdig.federated.validate.validate_update`) with a registry
+    holding only this site's key: signature, federation, round, base model, clip norm, tensor names
+    and shapes, finiteness and norm. A site uses it to tell a finished update from a file of another
+    round or site before training again.
+
+    Parameters
+    ----------
+    update_path : str or Path
+        The update file.
+    global_path : str or Path
+        The round's ``global.safetensors`` it must have been trained from (verified first).
+    site_key : SiteKey
+        The site's key; the update must be signed by it.
+    plan : FederationPlan
+        The federation's plan (coordinator key, clip norm).
+
+    Returns
+    -------
+    ValidUpdate
+        The verified update.
+
+    Raises
+    ------
+    UpdateRejectedError
+        The global model fails verification, or the update is not a valid update of this site for it
+        (the reason names the file).
+    """
+    header, global_tensors = validate_model(
+        global_path,
+        federation_id=plan.federation_id,
+        coordinator_id=plan.coordinator_id,
+        coordinator_public_key=plan.coordinator_key_bytes,
+    )
+    own = Registry(federation_id=plan.federation_id, sites={site_key.site_id: site_key.public_key})
+    return validate_update(
+        update_path,
+        registry=own,
+        expected_round=header.round,
+        expected_base_sha256=header.payload_sha256,
+        reference_shapes={name: tuple(t.shape) for name, t in global_tensors.items()},
+        clip_norm=plan.clip_norm,
+    )
