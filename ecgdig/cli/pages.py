@@ -279,6 +279,12 @@ def train(
         Path | None,
         typer.Option("--init", help="Fine-tune this model file instead of starting from random weights."),
     ] = None,
+    snr_records: Annotated[
+        int,
+        typer.Option(
+            "--snr-records", min=0, help="Held-out records digitized after training for the validation SNR."
+        ),
+    ] = 4,
 ) -> None:
     """Train the U-Net trace segmenter on pages rendered on the fly (or read from a folder).
 
@@ -313,14 +319,16 @@ def train(
             run = train_to_file(
                 inputs, output, profiles=profile or ("scanner", "phone"), steps=steps,
                 batch_size=batch_size, lr=lr, seed=seed, checkpoint=checkpoint, threads=threads,
-                on_step=report, init_from=init,
+                on_step=report, init_from=init, snr_records=snr_records,
             )  # fmt: skip
     except EcgdigError as exc:
         raise fail(exc) from None
     dice = run.result.final_val_dice
+    snr = run.metrics.get("val_snr_db")
     out.print(
         f"trained {run.result.steps} steps on {run.n_train} records/pages ({run.n_val} held out"
         + ("" if dice is None else f", validation Dice {dice:.4f}")
+        + ("" if snr is None else f", validation SNR {snr:.2f} dB")
         + f") -> {run.model_path}"
     )
 

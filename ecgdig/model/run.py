@@ -7,9 +7,12 @@ records (at most 40) is held out for validation Dice and never trained on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from ecgdig.errors import ConfigError
 from ecgdig.model.data import CropStream, FixedCrops, PageFolder, RenderedPages
@@ -18,7 +21,7 @@ from ecgdig.model.network import DEFAULT_PX_PER_MM, count_parameters, make_defau
 from ecgdig.model.train import StepInfo, TrainResult, train
 from ecgdig.render import find_records
 
-__all__ = ["TrainRun", "open_training_data", "train_to_file"]
+__all__ = ["TrainRun", "open_training_data", "train_to_file", "validation_snr"]
 
 _CROP_PX = 256
 
@@ -35,12 +38,15 @@ class TrainRun:
         Losses, validation Dice and timing.
     n_train, n_val : int
         Records (or pages) used for training and held out for validation.
+    metrics : dict of str to float
+        The metrics written to the model file's header.
     """
 
     model_path: Path
     result: TrainResult
     n_train: int
     n_val: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 def train_to_file(
@@ -56,6 +62,7 @@ def train_to_file(
     threads: int | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     init_from: str | Path | None = None,
+    snr_records: int = 0,
 ) -> TrainRun:
     """Train the default U-Net and write it as a model file.
 
@@ -78,6 +85,9 @@ def train_to_file(
     init_from : str or Path, optional
         Start from this model file's architecture and weights (fine-tuning) instead of a freshly
         initialized default network.
+    snr_records : int, optional
+        After training, digitize pages rendered from this many held-out records (one per profile)
+        and store their Challenge SNR in the header's metrics (:func:`validation_snr`).
 
     Returns
     -------
@@ -121,7 +131,67 @@ def train_to_file(
         metrics={} if result.final_val_dice is None else {"val_dice_crops": float(result.final_val_dice)},
     )
     path = save_model(out_path, model, header)
-    return TrainRun(Path(path), result, n_train, n_val)
+    if snr_records and n_val:
+        held_out = find_records(inputs)[-n_val:][:snr_records]
+        scores = validation_snr(path, held_out, profiles=profiles, seed=seed + 2, threads=threads)
+        header = replace(header, metrics={**header.metrics, **scores})
+        path = save_model(out_path, model, header)
+    return TrainRun(Path(path), result, n_train, n_val, dict(header.metrics))
+
+
+def _held_out_count(n_records: int) -> int:
+    """Return how many records to hold out for validation: a tenth, at least 1, at most 40."""
+    return min(40, max(1, n_records // 10))
+
+
+def validation_snr(
+    model_path: str | Path,
+    records: Sequence[str | Path],
+    *,
+    profiles: Sequence[str],
+    seed: int,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Digitize pages rendered from ``records`` with a model file and score them (Challenge SNR).
+
+    One page per record and profile is rendered with its truth into a temporary folder, digitized
+    with ``--segmenter unet`` and this model, and scored; a page that fails to digitize counts as
+    an all-missing prediction (0 dB).
+
+    Parameters
+    ----------
+    model_path : str or Path
+        The model file.
+    records : sequence of str or Path
+        Held-out WFDB records (never the test records).
+    profiles : sequence of str
+        Site profiles to render with.
+    seed : int
+        Rendering seed.
+    threads : int, optional
+        CPU threads for inference.
+
+    Returns
+    -------
+    dict of str to float
+        ``val_snr_db`` (mean over profiles) and ``val_snr_db_<profile>`` for each profile.
+    """
+    from ecgdig.evaluate import evaluate_folders
+    from ecgdig.pipeline.digitize import DigitizeOptions, digitize_files
+    from ecgdig.render import render_to_files
+
+    options = DigitizeOptions(segmenter="unet", model_path=str(model_path), threads=threads)
+    scores: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="ecgdig-val-") as tmp:
+        for profile in profiles:
+            truth = Path(tmp) / "truth" / profile
+            pages = render_to_files(records, truth, profile=profile, seed=seed)
+            prediction = Path(tmp) / "pred" / profile
+            digitize_files(pages, prediction, options=options, force=True)
+            report = evaluate_folders(prediction, truth)
+            scores[f"val_snr_db_{Path(profile).stem}"] = float(report.mean_snr_db_missing_as_zero)
+    scores["val_snr_db"] = float(np.mean(list(scores.values())))
+    return scores
 
 
 def open_training_data(
@@ -174,7 +244,7 @@ def open_training_data(
         return RenderedPages(records, list(profiles), seed=seed, **common), None, len(records), 0
     if len(records) < 2:
         raise ConfigError("training needs at least 2 records (one is held out for validation)")
-    n_val = min(40, max(1, len(records) // 10))
+    n_val = _held_out_count(len(records))
     data = RenderedPages(records[:-n_val], list(profiles), seed=seed, **common)
     validation = FixedCrops.from_stream(
         RenderedPages(records[-n_val:], list(profiles), seed=seed + 1, **dict(common, crops_per_page=4))

@@ -30,7 +30,7 @@ def records(tmp_path: Path, make_record: Callable[..., EcgRecord]) -> Path:
 def test_train_command_writes_a_model_that_segments(records: Path, tmp_path: Path) -> None:
     model_path = tmp_path / "m.safetensors"
     args = ["train", str(records), "-o", str(model_path), "--steps", "2", "--batch-size", "2",
-            "--profile", "clean", "--threads", "1"]  # fmt: skip
+            "--profile", "clean", "--threads", "1", "--snr-records", "1"]  # fmt: skip
 
     result = runner.invoke(app, args)
 
@@ -39,6 +39,9 @@ def test_train_command_writes_a_model_that_segments(records: Path, tmp_path: Pat
     model, header = load_model(model_path)
     assert header.training["held_out"] == 1 and header.training["profiles"] == ["clean"]
     assert 0.0 <= header.metrics["val_dice_crops"] <= 1.0
+    # Two steps make no digitizer: the page may fail, which scores as missing (0 dB), never NaN.
+    assert header.metrics["val_snr_db"] == header.metrics["val_snr_db_clean"] >= 0.0
+    assert "validation SNR" in result.output
     checkpoint = tmp_path / "m.ckpt.safetensors"
     assert checkpoint.is_file()
 
