@@ -19,7 +19,6 @@ parsed here and checked against the architecture before any tensor is loaded, an
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ from torch import nn
 from ecgdig import __version__
 from ecgdig.errors import ConfigError, ModelFileError
 from ecgdig.io.atomic import atomic_path
+from ecgdig.io.strict_json import canonical_json, loads_strict
 from ecgdig.model.network import DEFAULT_PX_PER_MM, TraceUnet, UnetArchitecture, build_network
 
 __all__ = [
@@ -65,27 +65,6 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "default.safete
 _HEADER_FIELDS = frozenset(
     {"format", "version", "architecture", "px_per_mm", "classes", "training", "metrics", "ecgdig_version"}
 )
-
-
-def _canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _loads(text: str) -> Any:
-    return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_reject_constant)
 
 
 @dataclass(frozen=True)
@@ -153,7 +132,7 @@ class ModelHeader:
         problems = self.problems()
         if problems:
             raise ValueError(f"invalid model header: {problems[0]}")
-        return _canonical_json(
+        return canonical_json(
             {
                 "format": MODEL_FORMAT,
                 "version": self.format_version,
@@ -170,7 +149,7 @@ class ModelHeader:
     def from_json(cls, text: str, path: str | Path | None = None) -> ModelHeader:
         """Parse and check a header; raise :class:`ModelFileError` naming the first problem."""
         try:
-            data = _loads(text)
+            data = loads_strict(text)
         except ValueError as exc:
             raise ModelFileError(f"model header is not valid JSON ({exc})", path) from None
         if not isinstance(data, dict):
@@ -345,7 +324,7 @@ def _read_info(path: Path, max_bytes: int) -> _FileInfo:
             raise ModelFileError(f"not a safetensors file (implausible header length {header_len})", path)
         raw = handle.read(header_len)
     try:
-        st_header = _loads(raw.decode("utf-8"))
+        st_header = loads_strict(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ModelFileError("not a safetensors file (header is not JSON)", path) from None
     if not isinstance(st_header, dict):
