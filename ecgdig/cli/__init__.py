@@ -10,6 +10,7 @@ from __future__ import annotations
 from ecgdig.cli import (
     federated,  # noqa: F401
     pages,  # noqa: F401  (registers the commands)
+    secagg,  # noqa: F401
 )
 from ecgdig.cli.common import app
 
