@@ -469,6 +469,13 @@ def fed_train(
     task = progress.add_task("", total=None)
 
     def report(step: StepInfo) -> None:
+        # Without a terminal (a batch job at the site) the bar is off: log a line every 5% instead,
+        # as 'ecgdig train' does.
+        if not err.is_terminal and step.step % max(1, step.total_steps // 20) == 0:
+            progress.console.print(
+                f"step {step.step}/{step.total_steps}: loss {step.loss:.4f}, {step.elapsed_s:.0f} s",
+                highlight=False,
+            )
         progress.update(
             task, completed=step.step, total=step.total_steps, description=f"loss {step.loss:.4f}"
         )
