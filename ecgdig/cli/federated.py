@@ -566,7 +566,10 @@ def aggregate(
     target = federation_dir / round_dir_name(info.round + 1)
     if output is not None and output.resolve() != target.resolve():
         # Sites and the next aggregate find plan.json and model.json beside the round folder.
-        raise typer.BadParameter(f"the next round folder is {target}, not {output}", param_hint="'-o'")
+        raise typer.BadParameter(
+            f"must be {target.name} beside {round_dir.name}, that is {target}; got {output}",
+            param_hint="'-o'",
+        )
     if seed is not None and plan.dp is not None:
         raise typer.BadParameter(
             "with DP on, a fixed seed would make the noise predictable", param_hint="'--seed'"

@@ -63,6 +63,19 @@ class Federation:
             *extra,
         )
 
+    def train(self, site: str, number: int, pages: Path, out: Path, *extra: object) -> Result:
+        return invoke(
+            "fed-train",
+            self.global_model(number),
+            pages,
+            "-o",
+            out,
+            "--key",
+            self.key(site),
+            *TRAIN_ARGS,
+            *extra,
+        )
+
     def quick_update(self, site: str, number: int, out: Path, shift: float = 1e-3) -> Path:
         """A valid update without training: the global weights shifted by a constant."""
         global_path = self.global_model(number)
@@ -118,18 +131,7 @@ def test_a_full_round_from_the_shell(make_federation, pages: Path, tmp_path: Pat
     updates = []
     for k, site in enumerate(("site-a", "site-b")):
         update = tmp_path / "outbox" / f"{site}.safetensors"
-        result = invoke(
-            "fed-train",
-            fed.global_model(0),
-            pages,
-            "-o",
-            update,
-            "--key",
-            fed.key(site),
-            "--seed",
-            k,
-            *TRAIN_ARGS,
-        )
+        result = fed.train(site, 0, pages, update, "--seed", k)
         assert result.exit_code == 0, result.output
         assert f"site {site}: round 0 update from 2 pages/records, 2 steps" in result.stdout
         updates.append(update)
@@ -256,14 +258,13 @@ def test_privacy_prints_the_ledger_and_refuses_a_tampered_one(make_federation, t
 def test_fed_train_rerun_on_a_valid_update_does_no_work(make_federation, pages: Path, tmp_path: Path) -> None:
     fed = make_federation(sites=("site-a", "site-b"))
     update = tmp_path / "site-a.safetensors"
-    args = ("fed-train", fed.global_model(0), pages, "-o", update, "--key", fed.key("site-a"), *TRAIN_ARGS)
-    first = invoke(*args)
+    first = fed.train("site-a", 0, pages, update)
     written = update.read_bytes()
     update.touch()
     mtime = update.stat().st_mtime_ns
 
-    again = invoke(*args)
-    as_other_site = invoke(*args[: -len(TRAIN_ARGS) - 2], "--key", fed.key("site-b"), *TRAIN_ARGS)
+    again = fed.train("site-a", 0, pages, update)
+    as_other_site = fed.train("site-b", 0, pages, update)
 
     assert first.exit_code == 0, first.output
     assert again.exit_code == 0, again.output
@@ -297,9 +298,7 @@ def test_a_killed_fed_train_resumes_from_its_checkpoint(make_federation, pages: 
         )  # fmt: skip
     assert not update.exists() and len(list(tmp_path.glob("site-a.safetensors.*.ckpt.safetensors"))) == 1
 
-    resumed = invoke(
-        "fed-train", fed.global_model(0), pages, "-o", update, "--key", fed.key("site-a"), *TRAIN_ARGS
-    )
+    resumed = fed.train("site-a", 0, pages, update)
 
     assert resumed.exit_code == 0, resumed.output
     assert "2 steps, resumed from step 1" in resumed.stdout
