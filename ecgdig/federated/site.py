@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -226,7 +227,7 @@ def train_site_update(
         checkpoint = out_path.with_name(f"{out_path.name}.{header.payload_sha256[:12]}.ckpt.safetensors")
     mu = plan.proximal_mu if proximal_mu is None else float(proximal_mu)
     # Only forward an explicit value, so the checkpoint interval's default lives in train() alone.
-    every = {} if checkpoint_every is None else {"checkpoint_every": checkpoint_every}
+    every: dict[str, Any] = {} if checkpoint_every is None else {"checkpoint_every": checkpoint_every}
     result = train(
         network,
         data,
