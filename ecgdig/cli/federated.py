@@ -127,6 +127,16 @@ def _print_rejected(rejected: Iterable[RejectedUpdate]) -> None:
         err.print(f"[yellow]rejected:[/yellow] {escape(item.file)}: {escape(item.reason)}", highlight=False)
 
 
+def _print_selected(plan: FederationPlan, round_number: int, sites: Sequence[str]) -> None:
+    """Name the sites a sampled round asks to train (with full participation it is every site)."""
+    if plan.sampling.mode != "full":
+        out.print(
+            f"round {round_number} asks {', '.join(sites) or 'no site'}; tell each selected site only "
+            "about itself (docs/privacy.md)",
+            highlight=False,
+        )
+
+
 def _plan_rows(plan: FederationPlan) -> list[tuple[str, str]]:
     """Return the plan as (setting, value) rows, in the order a reader checks them."""
     from ecgdig.federated.keys import public_key_fingerprint
@@ -347,11 +357,14 @@ def fed_init(
     out.print(_table(f"Plan of {federation_id}", ("setting", "value"), _plan_rows(init.plan), text_columns=2))
     if init.projected_epsilon is not None:
         eps = init.projected_epsilon
+        # dp-accounting models fixed-size sampling only as replace-one-site: say so, the figure differs.
+        relation = ", replace-one-site" if init.plan.sampling.mode == "fixed" else ""
         out.print(
-            f"projected epsilon after {init.plan.rounds} rounds: {eps.rdp:.4g} (RDP, delta {eps.delta:g}); "
-            "site-level DP, see docs/privacy.md",
+            f"projected epsilon after {init.plan.rounds} rounds: {eps.rdp:.4g} (RDP{relation}, delta "
+            f"{eps.delta:g}); site-level DP, see docs/privacy.md",
             highlight=False,
         )
+    _print_selected(init.plan, 0, init.selected_sites)
     out.print(
         f"federation {federation_id} initialized -> {federation_dir}; send plan.json, {MODEL_SPEC_FILE} and "
         "round-0000/global.safetensors to the sites, keep registry.json here",
@@ -610,6 +623,7 @@ def aggregate(
         f"{len(report.rejected)} rejected -> {report.out_dir} (global {report.global_sha256[:12]})",
         highlight=False,
     )
+    _print_selected(plan, report.round + 1, report.next_selected_sites)
 
 
 @app.command()
