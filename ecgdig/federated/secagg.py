@@ -1201,9 +1201,8 @@ def _rebuild(reveals: Mapping[str, Reveal], roster: Roster, site: str, field_nam
     shares: dict[int, int] = {}
     for revealer, reveal in reveals.items():
         entry = roster.entry(revealer)
-        value = int(getattr(reveal, field_name)[site], 16)
-        if entry is not None and value < PRIME:
-            shares[entry.share_x] = value
+        if entry is not None:
+            shares[entry.share_x] = int(getattr(reveal, field_name)[site], 16)
     secret = reconstruct_secret(shares, roster.threshold)
     if secret >= 1 << 256:
         raise UpdateRejectedError(
@@ -1326,6 +1325,9 @@ def aggregate_secure_round(
                     "exactly the dropped sites",
                     path,
                 )
+            values = [*(reveal.self_mask_shares or {}).values(), *(reveal.mask_key_shares or {}).values()]
+            if any(int(value, 16) >= PRIME for value in values):
+                raise UpdateRejectedError("reveal holds a share value outside the field GF(2^521 - 1)", path)
             valid.append((path, reveal))
         except UpdateRejectedError as exc:
             rejected.append(RejectedUpdate(path.name, exc.reason))
