@@ -11,6 +11,7 @@ from ecgdig.cli import (
     federated,  # noqa: F401
     pages,  # noqa: F401  (registers the commands)
     secagg,  # noqa: F401
+    simulate,  # noqa: F401
 )
 from ecgdig.cli.common import app
 

@@ -187,6 +187,8 @@ def validation_snr(
             truth = Path(tmp) / "truth" / profile
             pages = render_to_files(records, truth, profile=profile, seed=seed)
             prediction = Path(tmp) / "pred" / profile
+            # Created up front: when every page fails nothing is written, and that scores 0 dB.
+            prediction.mkdir(parents=True, exist_ok=True)
             digitize_files(pages, prediction, options=options, force=True)
             report = evaluate_folders(prediction, truth)
             scores[f"val_snr_db_{Path(profile).stem}"] = float(report.mean_snr_db_missing_as_zero)
