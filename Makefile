@@ -26,6 +26,7 @@ lint: install
 
 bench: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.run --out docs/benchmarks-latest.md
+	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.secagg --out docs/benchmarks-secagg.md
 
 demo: install
 	$(BIN)/ecgdig digitize sample_pages/ -o demo_out/ --overlay --force

@@ -16,6 +16,7 @@ __all__ = [
     "ModelFileError",
     "PrivacyBudgetError",
     "RecordInputError",
+    "TrainingDivergedError",
     "UpdateRejectedError",
 ]
 
@@ -55,6 +56,10 @@ class ConfigError(EcgdigError):
 
 class ModelFileError(EcgdigError):
     """A model file is missing, not safetensors, or incompatible with this version."""
+
+
+class TrainingDivergedError(EcgdigError):
+    """Training produced a non-finite loss (too high a learning rate, or broken inputs)."""
 
 
 class UpdateRejectedError(EcgdigError):

@@ -21,7 +21,9 @@ def test_every_command_has_help() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0, result.output
     commands = ["digitize", "normalize", "grid", "segment", "vectorize", "render", "evaluate", "train",
-                "keygen", "fed-init", "fed-train", "aggregate", "privacy", "fed-export"]  # fmt: skip
+                "keygen", "fed-init", "fed-train", "aggregate", "privacy", "fed-export", "secagg-advertise",
+                "secagg-roster", "secagg-share", "secagg-mask", "secagg-request", "secagg-unmask",
+                "secagg-aggregate"]  # fmt: skip
     for command in commands:
         sub = runner.invoke(app, [command, "--help"])
         assert sub.exit_code == 0, (command, sub.output)

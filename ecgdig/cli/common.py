@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ecgdig import __version__
 from ecgdig.errors import EcgdigError
 
-__all__ = ["app", "err", "fail", "out"]
+if TYPE_CHECKING:
+    from ecgdig.model.train import StepInfo
+
+__all__ = ["app", "err", "fail", "out", "training_progress"]
 
 app = typer.Typer(
     name="ecgdig",
@@ -46,3 +51,33 @@ def fail(exc: EcgdigError) -> typer.Exit:
     """Print ``exc`` as one red line on stderr and return the exit-1 exception to raise."""
     err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
+
+
+def training_progress(label: str) -> tuple[Progress, Callable[[StepInfo], None]]:
+    """Return a progress bar on stderr and the ``on_step`` callback that drives it.
+
+    Without a terminal (a log file, a batch job at a site) the bar is off and a plain line is
+    logged every 5% of the steps instead; validation Dice is always printed when it is computed.
+    Use the bar as a context manager around the training call.
+    """
+    progress = Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=err, transient=True, disable=not err.is_terminal,
+    )  # fmt: skip
+    task = progress.add_task("", total=None)
+
+    def report(info: StepInfo) -> None:
+        log_every = 0 if err.is_terminal else max(1, info.total_steps // 20)
+        if info.val_dice is not None:
+            progress.console.print(f"step {info.step}: validation Dice {info.val_dice:.4f}", highlight=False)
+        elif log_every and info.step % log_every == 0:
+            progress.console.print(
+                f"step {info.step}/{info.total_steps}: loss {info.loss:.4f}, lr {info.lr:.2e}, "
+                f"{info.elapsed_s:.0f} s",
+                highlight=False,
+            )
+        progress.update(
+            task, completed=info.step, total=info.total_steps, description=f"loss {info.loss:.4f}"
+        )
+
+    return progress, report

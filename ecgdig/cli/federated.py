@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ecgdig.cli.common import app, err, fail, out
+from ecgdig.cli.common import app, err, fail, out, training_progress
 from ecgdig.errors import ConfigError, EcgdigError, UpdateRejectedError
 
 if TYPE_CHECKING:
@@ -438,7 +437,6 @@ def fed_train(
     from ecgdig.federated.keys import load_site_key, public_key_fingerprint
     from ecgdig.federated.site import train_site_update, verify_site_update
     from ecgdig.model.run import open_training_data
-    from ecgdig.model.train import StepInfo
 
     round_dir = global_model.parent
     try:
@@ -475,24 +473,7 @@ def fed_train(
     except EcgdigError as exc:
         raise fail(exc) from None
 
-    progress = Progress(
-        TextColumn("[bold]fed-train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=err, transient=True, disable=not err.is_terminal,
-    )  # fmt: skip
-    task = progress.add_task("", total=None)
-
-    def report(step: StepInfo) -> None:
-        # Without a terminal (a batch job at the site) the bar is off: log a line every 5% instead,
-        # as 'ecgdig train' does.
-        if not err.is_terminal and step.step % max(1, step.total_steps // 20) == 0:
-            progress.console.print(
-                f"step {step.step}/{step.total_steps}: loss {step.loss:.4f}, {step.elapsed_s:.0f} s",
-                highlight=False,
-            )
-        progress.update(
-            task, completed=step.step, total=step.total_steps, description=f"loss {step.loss:.4f}"
-        )
-
+    progress, report = training_progress("fed-train")
     try:
         with progress:
             result = train_site_update(

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ecgdig.cli.common import app, err, fail, out
+from ecgdig.cli.common import app, err, fail, out, training_progress
 from ecgdig.errors import EcgdigError
 
 
@@ -55,10 +55,10 @@ LayoutOpt = Annotated[
     str | None,
     typer.Option("--layout", help="Layout template (3x4+1, 3x4+3, 3x4, 6x2, 12x1, 6x1) or YAML file."),
 ]
-SpeedOpt = Annotated[float | None, typer.Option("--mm-per-s", help="Paper speed in mm/s [default: 25].")]
+SpeedOpt = Annotated[float | None, typer.Option("--mm-per-s", help="Paper speed in mm/s \\[default: 25].")]
 GainOpt = Annotated[
     float | None,
-    typer.Option("--mm-per-mv", help="Gain in mm/mV [default: from the calibration pulse, else 10]."),
+    typer.Option("--mm-per-mv", help="Gain in mm/mV \\[default: from the calibration pulse, else 10]."),
 ]
 RateOpt = Annotated[float, typer.Option("--fs", help="Output sampling rate in Hz.")]
 SegmenterOpt = Annotated[Segmenter, typer.Option("--segmenter", help="Trace segmenter.")]
@@ -66,7 +66,7 @@ ModelOpt = Annotated[
     Path | None,
     typer.Option(
         "--model",
-        help="Model file for --segmenter unet (safetensors, see docs/model.md) [default: the shipped model].",
+        help="Model file for --segmenter unet (safetensors, docs/model.md) \\[default: the shipped model].",
     ),
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for U-Net inference.")]
@@ -197,7 +197,7 @@ def vectorize(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder for the WFDB record.")],
     px_per_mm: Annotated[
         float | None,
-        typer.Option("--px-per-mm", help="Mask scale [default: from the .json beside the mask]."),
+        typer.Option("--px-per-mm", help="Mask scale \\[default: from the .json beside the mask]."),
     ] = None,
     layout: LayoutOpt = None,
     mm_per_s: SpeedOpt = None,
@@ -272,7 +272,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed gives the same model.")] = 0,
     checkpoint: Annotated[
         Path | None,
-        typer.Option("--checkpoint", help="Resumable checkpoint [default: <output>.ckpt.safetensors]."),
+        typer.Option("--checkpoint", help="Resumable checkpoint \\[default: <output>.ckpt.safetensors]."),
     ] = None,
     threads: ThreadsOpt = None,
     init: Annotated[
@@ -291,29 +291,10 @@ def train(
     A killed run restarted with the same arguments resumes from its checkpoint.
     """
     from ecgdig.model.run import train_to_file
-    from ecgdig.model.train import StepInfo
 
     if checkpoint is None:
         checkpoint = output.with_name(output.name.removesuffix(".safetensors") + ".ckpt.safetensors")
-    progress = Progress(
-        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=err, transient=True, disable=not err.is_terminal,
-    )  # fmt: skip
-    task = progress.add_task("", total=steps)
-
-    # Without a terminal (a log file, a batch job) the bar is off: log a line every 5% instead.
-    log_every = 0 if err.is_terminal else max(1, steps // 20)
-
-    def report(info: StepInfo) -> None:
-        if info.val_dice is not None:
-            progress.console.print(f"step {info.step}: validation Dice {info.val_dice:.4f}")
-        elif log_every and info.step % log_every == 0:
-            progress.console.print(
-                f"step {info.step}/{info.total_steps}: loss {info.loss:.4f}, lr {info.lr:.2e}, "
-                f"{info.elapsed_s:.0f} s"
-            )
-        progress.update(task, completed=info.step, description=f"loss {info.loss:.4f} lr {info.lr:.2e}")
-
+    progress, report = training_progress("train")
     try:
         with progress:
             run = train_to_file(

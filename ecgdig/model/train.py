@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ecgdig.errors import ConfigError, ModelFileError
+from ecgdig.errors import ConfigError, ModelFileError, TrainingDivergedError
 from ecgdig.io.atomic import atomic_path
 from ecgdig.model.inference import torch_threads
 from ecgdig.model.network import make_default_model
@@ -419,6 +419,8 @@ def train(
         For inconsistent settings, or a checkpoint made with other settings.
     ModelFileError
         For an unreadable checkpoint.
+    TrainingDivergedError
+        If a step's loss is not finite (the last checkpoint stays as it was).
     """
     if (steps is None) == (epochs is None):
         raise ConfigError("give exactly one of steps and epochs")
@@ -536,7 +538,9 @@ def train(
             total = loss + prox
             loss_value = float(total.detach())
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training diverged: loss is {loss_value} at step {step + 1}")
+                raise TrainingDivergedError(
+                    f"training diverged: loss is {loss_value} at step {step + 1}; try a lower learning rate"
+                )
             total.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             losses.append(loss_value)

@@ -119,3 +119,15 @@ def test_epochs_validation_and_callback(synthetic_stream: CropStream, tiny: Unet
     assert 0.0 <= evaluate_dice(build_network(tiny, seed=0), synthetic_stream) <= 1.0
     with pytest.raises(ConfigError, match="exactly one"):
         train(build_network(tiny, seed=0), synthetic_stream)
+
+
+def test_a_diverging_run_is_a_clear_error_not_a_traceback(tiny) -> None:
+    from ecgdig.errors import EcgdigError
+    from ecgdig.model.network import TraceUnet
+
+    model = TraceUnet(tiny)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    crops = [(torch.rand(3, 32, 32), (torch.rand(1, 32, 32) > 0.5).float()) for _ in range(2)]
+    with pytest.raises(EcgdigError, match="training diverged: loss is nan at step 1"):
+        train(model, FixedCrops(crops), steps=1, batch_size=2)
