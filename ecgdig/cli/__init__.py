@@ -7,12 +7,15 @@ Exit codes: 0 success, 1 some inputs failed (each reported in one line), 2 usage
 
 from __future__ import annotations
 
-from ecgdig.cli import (
-    federated,  # noqa: F401
-    pages,  # noqa: F401  (registers the commands)
-    secagg,  # noqa: F401
-    simulate,  # noqa: F401
-)
+# Importing a module registers its commands; the import order is the order of `ecgdig --help`:
+# the digitization pipeline first, then federated training, secure aggregation and simulation.
+# isort: off
+from ecgdig.cli import pages  # noqa: F401
+from ecgdig.cli import federated  # noqa: F401
+from ecgdig.cli import secagg  # noqa: F401
+from ecgdig.cli import simulate  # noqa: F401
+
+# isort: on
 from ecgdig.cli.common import app
 
 __all__ = ["app", "main"]
