@@ -53,6 +53,10 @@ def fed_simulate(
         float | None,
         typer.Option("--dp-noise", min=0.0, help="Noise multiplier z of the DP variants; 0 runs none."),
     ] = None,
+    server_lr: Annotated[
+        float | None,
+        typer.Option("--server-lr", min=0.0, help="FedAdam/FedYogi server learning rate [default: 1e-2]."),
+    ] = None,
     local_steps: Annotated[
         int | None, typer.Option("--local-steps", min=1, help="AdamW steps per site and round.")
     ] = None,
@@ -87,6 +91,7 @@ def fed_simulate(
         "rounds": rounds,
         "strategies": tuple(s.value for s in strategy) if strategy else None,
         "local_steps": local_steps,
+        "adaptive_server_lr": server_lr,
         "seed": seed,
         "snr_every": snr_every,
     }

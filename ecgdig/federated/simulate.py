@@ -149,6 +149,9 @@ class SimulationSettings:
         Local (and centralized) AdamW learning rate, constant.
     proximal_mu : float
         FedProx's ``mu``.
+    adaptive_server_lr : float or None
+        Server learning rate ``eta`` of FedAdam and FedYogi; None takes the strategy's default
+        (:data:`ecgdig.federated.strategies.DEFAULT_SERVER_LR`). FedAvg and FedProx keep ``eta = 1``.
     clip_norm : float
         ``S``: every update is clipped to this L2 norm, with and without DP.
     crop_px : int
@@ -183,6 +186,7 @@ class SimulationSettings:
     batch_size: int = 8
     lr: float = 1e-3
     proximal_mu: float = 0.01
+    adaptive_server_lr: float | None = None
     clip_norm: float = 5.0
     crop_px: int = 128
     pages_per_site: int = 24
@@ -233,6 +237,12 @@ class SimulationSettings:
                 out.append(f"{name} must be a finite positive number, got {value!r}")
         if not (math.isfinite(self.proximal_mu) and self.proximal_mu > 0) and "fedprox" in self.strategies:
             out.append("FedProx needs proximal_mu > 0")
+        if self.adaptive_server_lr is not None and not (
+            math.isfinite(self.adaptive_server_lr) and self.adaptive_server_lr > 0
+        ):
+            out.append(
+                f"adaptive_server_lr must be a finite positive number, got {self.adaptive_server_lr!r}"
+            )
         if self.dp_noise is not None and not (math.isfinite(self.dp_noise) and self.dp_noise > 0):
             out.append(f"dp_noise must be a finite positive number or None, got {self.dp_noise!r}")
         if isinstance(self.crop_px, int) and self.crop_px % self.architecture.input_multiple:
@@ -505,7 +515,10 @@ def _plan_for(run: RunSpec, settings: SimulationSettings) -> FederationPlan:
     return FederationPlan(
         federation_id=f"sim-{run.name}",
         clip_norm=float(settings.clip_norm),
-        strategy=make_server_optimizer(run.strategy),  # type: ignore[arg-type]
+        strategy=make_server_optimizer(
+            run.strategy,  # type: ignore[arg-type]
+            server_lr=settings.adaptive_server_lr if run.strategy in ("fedadam", "fedyogi") else None,
+        ),
         proximal_mu=float(settings.proximal_mu) if run.strategy == "fedprox" else 0.0,
         rounds=settings.rounds,
         min_sites=settings.n_sites,
@@ -938,6 +951,7 @@ def write_convergence_plot(path: str | Path, rows: Iterable[RoundRow]) -> Path:
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(11, 4.2), dpi=110)
     FigureCanvasAgg(fig)
@@ -953,6 +967,8 @@ def write_convergence_plot(path: str | Path, rows: Iterable[RoundRow]) -> Path:
         snr = [(r.round, r.snr_db) for r in run_rows if r.snr_db is not None]
         if snr:
             ax_snr.plot([x for x, _ in snr], [y for _, y in snr], marker="o", **style)
+    for ax in (ax_dice, ax_snr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_dice.set_xlabel("round")
     ax_dice.set_ylabel("validation Dice (crops)")
     ax_dice.set_title("Segmentation: validation Dice")
@@ -1052,9 +1068,10 @@ def summary_markdown(rows: Sequence[RoundRow], settings: SimulationSettings, *, 
         "",
         f"{s.n_sites} sites x {s.pages_per_site} pages ({s.crops_per_page} crops of {s.crop_px} px each), "
         f"{s.rounds} rounds of {s.local_steps} local steps (batch {s.batch_size}, AdamW lr {s.lr:g}); "
-        f"clip norm {s.clip_norm:g}, FedProx mu {s.proximal_mu:g}; validation: {s.val_records} held-out "
-        f"pages x {s.val_crops_per_page} crops; SNR: {s.snr_records} record(s) x each site profile, every "
-        f"{s.snr_every} rounds; seed {s.seed}. "
+        f"clip norm {s.clip_norm:g}, FedProx mu {s.proximal_mu:g}, FedAdam/FedYogi eta "
+        f"{'default' if s.adaptive_server_lr is None else f'{s.adaptive_server_lr:g}'}; "
+        f"validation: {s.val_records} held-out pages x {s.val_crops_per_page} crops; "
+        f"SNR: {s.snr_records} record(s) x each site profile, every {s.snr_every} rounds; seed {s.seed}. "
         f"Wall time {seconds / 60:.1f} min.",
         "",
     ]

@@ -183,7 +183,7 @@ def test_cli_passes_the_options_to_simulate(monkeypatch: pytest.MonkeyPatch, tmp
         app,
         ["fed-simulate", str(tmp_path), "-o", str(tmp_path / "o"), "--sites", "3", "--rounds", "3",
          "--strategy", "fedavg", "--strategy", "fedadam", "--dp-noise", "0", "--local-steps", "5",
-         "--seed", "7", "--threads", "1", "--snr-every", "2"],
+         "--server-lr", "0.003", "--seed", "7", "--threads", "1", "--snr-every", "2"],
     )  # fmt: skip
 
     # Assert
@@ -192,6 +192,7 @@ def test_cli_passes_the_options_to_simulate(monkeypatch: pytest.MonkeyPatch, tmp
     assert isinstance(settings, SimulationSettings)
     assert (settings.n_sites, settings.rounds, settings.strategies) == (3, 3, ("fedavg", "fedadam"))
     assert (settings.dp_noise, settings.local_steps, settings.seed, settings.snr_every) == (None, 5, 7, 2)
+    assert settings.adaptive_server_lr == 0.003
     assert seen["threads"] == 1
     assert "0.5000" in result.output
 
