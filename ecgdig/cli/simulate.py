@@ -69,6 +69,16 @@ def fed_simulate(
     snr_every: Annotated[
         int | None, typer.Option("--snr-every", min=1, help="Digitize the SNR pages every this many rounds.")
     ] = None,
+    secagg: Annotated[
+        bool,
+        typer.Option("--secagg", help="Secure aggregation: the coordinator sees only the masked sum."),
+    ] = False,
+    dropouts: Annotated[
+        int,
+        typer.Option(
+            "--dropouts", min=0, help="With --secagg: sites that drop out of every round (at most n - t)."
+        ),
+    ] = 0,
 ) -> None:
     """Simulate federated training on non-IID sites and compare strategies with centralized training.
 
@@ -94,6 +104,8 @@ def fed_simulate(
         "adaptive_server_lr": server_lr,
         "seed": seed,
         "snr_every": snr_every,
+        "secagg": secagg or None,
+        "dropouts": dropouts or None,
     }
     overrides: dict[str, object] = {k: v for k, v in given.items() if v is not None}
     if dp_noise is not None:

@@ -63,7 +63,9 @@ from ecgdig.federated.coordinator import (
     load_plan,
     round_dir_name,
 )
+from ecgdig.federated.files import read_file_info, read_tensors
 from ecgdig.federated.keys import SiteKey, add_site, create_registry, generate_site_key, load_site_key
+from ecgdig.federated.secagg import DropoutStage, default_threshold, run_secure_round
 from ecgdig.federated.site import (
     MODEL_SPEC_FILE,
     build_global_network,
@@ -176,6 +178,14 @@ class SimulationSettings:
         Site profiles (names or YAML paths), assigned to sites in turn.
     architecture : UnetArchitecture
         The network (default: the shipped 0.8 M-parameter U-Net).
+    secagg : bool
+        Aggregate every federated round with secure aggregation
+        (:func:`ecgdig.federated.secagg.run_secure_round`): the coordinator sees only the masked
+        sum. The plan's participation threshold becomes the Shamir threshold ``t``.
+    dropouts : int
+        With ``secagg``, sites that vanish in every round (at most ``n_sites - t``): in even rounds
+        before sending their masked input (their pairwise masks are recovered from the others'
+        shares), in odd rounds after it (their self mask is recovered), so both recovery paths run.
     """
 
     n_sites: int = 4
@@ -198,6 +208,8 @@ class SimulationSettings:
     seed: int = 0
     profiles: tuple[str, ...] = SITE_PROFILES
     architecture: UnetArchitecture = field(default_factory=lambda: DEFAULT_ARCHITECTURE)
+    secagg: bool = False
+    dropouts: int = 0
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -251,6 +263,17 @@ class SimulationSettings:
             )
         if not self.profiles:
             out.append("no site profile given")
+        if isinstance(self.dropouts, bool) or not isinstance(self.dropouts, int) or self.dropouts < 0:
+            out.append(f"dropouts must be a non-negative integer, got {self.dropouts!r}")
+        elif self.dropouts and not self.secagg:
+            out.append("dropouts need secure aggregation (a plain round needs every site)")
+        elif self.secagg and isinstance(self.n_sites, int) and self.n_sites >= 2:
+            spare = self.n_sites - default_threshold(self.n_sites)
+            if self.dropouts > spare:
+                out.append(
+                    f"{self.dropouts} dropouts leave fewer than t = {default_threshold(self.n_sites)} "
+                    f"of {self.n_sites} sites (at most {spare})"
+                )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -521,7 +544,8 @@ def _plan_for(run: RunSpec, settings: SimulationSettings) -> FederationPlan:
         ),
         proximal_mu=float(settings.proximal_mu) if run.strategy == "fedprox" else 0.0,
         rounds=settings.rounds,
-        min_sites=settings.n_sites,
+        # Under secure aggregation the round must survive dropouts down to the Shamir threshold.
+        min_sites=default_threshold(settings.n_sites) if settings.secagg else settings.n_sites,
         dp=DpPlan(noise_multiplier=float(settings.dp_noise)) if run.dp and settings.dp_noise else None,
     )
 
@@ -590,10 +614,51 @@ def _federated_round(
         updates.append(site.update.path)
         norms.append(site.update.norm_before_clip)
     noise = np.random.default_rng(_derive_seed(settings.seed, _TAG_NOISE, round_number))
-    report = aggregate_site_updates(
-        fed.round_dir(round_number), updates, coordinator_key=fed.coordinator, rng=noise
-    )
+    if settings.secagg:
+        report = _secure_round(fed, round_number, updates, settings, noise)
+    else:
+        report = aggregate_site_updates(
+            fed.round_dir(round_number), updates, coordinator_key=fed.coordinator, rng=noise
+        )
     return report, norms
+
+
+def _secure_round(
+    fed: _FederatedRun,
+    round_number: int,
+    update_paths: Sequence[Path],
+    settings: SimulationSettings,
+    rng: np.random.Generator,
+) -> RoundReport:
+    """Aggregate the sites' trained models with the whole secure aggregation protocol.
+
+    Each site's model is ``w_global + update`` from its own signed, clipped update file, so the
+    protocol re-derives exactly that update (clipping an already clipped delta changes nothing).
+    """
+    round_dir = fed.round_dir(round_number)
+    base = read_tensors(read_file_info(round_dir / GLOBAL_FILE))
+    local_models = {}
+    for path in update_paths:
+        info = read_file_info(path)
+        delta = read_tensors(info)
+        local_models[info.header.site_id] = {name: base[name] + delta[name] for name in base}
+    sites = sorted(local_models)
+    stage: DropoutStage = "mask" if round_number % 2 == 0 else "unmask"
+    first = round_number * settings.dropouts
+    dropped = {sites[(first + j) % len(sites)]: stage for j in range(settings.dropouts)}
+    work = fed.root / "secagg" / round_dir_name(round_number)
+    shutil.rmtree(work, ignore_errors=True)  # a run killed mid-protocol starts the round afresh
+    result = run_secure_round(
+        round_dir,
+        local_models,
+        work,
+        site_keys=fed.sites,
+        coordinator_key=fed.coordinator,
+        num_examples=dict.fromkeys(sites, settings.pages_per_site),
+        dropouts=dropped,
+        rng=rng,
+    )
+    return result.report
 
 
 # --------------------------------------------------------------------------------------------------

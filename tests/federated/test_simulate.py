@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -204,3 +205,39 @@ def test_cli_bad_strategy_is_a_usage_error(tmp_path: Path) -> None:
         app, ["fed-simulate", str(tmp_path), "-o", str(tmp_path / "o"), "--strategy", "x"]
     )
     assert result.exit_code == 2
+
+
+def test_secure_aggregation_round_equals_the_plain_mean_of_the_surviving_sites(
+    records: Path, tmp_path: Path, make_record: Callable[..., EcgRecord]
+) -> None:
+    # Prepare: 4 sites (t = 3), one drops out before masking in round 0
+    for k in range(3, 5):
+        write_record(make_record(name=f"synth{k:02d}", seed=k), records)
+    out = tmp_path / "sim"
+    settings = _settings(n_sites=4, rounds=1, strategies=("fedavg",), secagg=True, dropouts=1)
+
+    # Execute
+    simulate([records], out, settings, threads=1)
+
+    # Assert: the released model is the previous one plus the mean of the three masked updates
+    run = out / "runs" / "fedavg"
+    federation = run / "federation"
+    before = read_tensors(read_file_info(federation / round_dir_name(0) / "global.safetensors"))
+    after = read_tensors(read_file_info(federation / round_dir_name(1) / "global.safetensors"))
+    report = json.loads((federation / round_dir_name(1) / "report.json").read_text())
+    work = run / "secagg" / round_dir_name(0)
+    masked = sorted(p.name.split(".")[0] for p in (work / "to-coordinator").glob("*.masked.safetensors"))
+    assert len(masked) == 3 and "secure_aggregation" in report
+    deltas = [
+        read_tensors(read_file_info(run / "updates" / round_dir_name(0) / f"{s}.safetensors")) for s in masked
+    ]
+    for name, value in before.items():
+        expected = value + sum(d[name] for d in deltas) / 3
+        np.testing.assert_allclose(after[name], expected, rtol=0, atol=1e-4)
+
+
+def test_dropouts_beyond_the_threshold_or_without_secagg_are_refused() -> None:
+    with pytest.raises(ConfigError, match="at most 1"):
+        _settings(n_sites=4, secagg=True, dropouts=2)
+    with pytest.raises(ConfigError, match="need secure aggregation"):
+        _settings(dropouts=1)
