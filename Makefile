@@ -34,7 +34,7 @@ bench-federated: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.federated --out docs/benchmarks-federated.md
 
 demo: install
-	$(BIN)/ecgdig digitize sample_pages/ -o demo_out/ --overlay --force
+	$(BIN)/ecgdig digitize sample_pages/ -o demo_out/ --overlay --force --segmenter unet
 	@echo "Wrote demo_out/: WFDB records (.hea/.dat), JSON sidecars and overlay PNGs."
 
 # The shipped model: 600 steps on pages rendered from the PTB-XL training records (never the test
