@@ -38,6 +38,7 @@ from safetensors import SafetensorError, safe_open
 from ecgdig.errors import ModelFileError, UpdateRejectedError
 from ecgdig.federated.strategies import Tensors
 from ecgdig.io.atomic import atomic_write_bytes
+from ecgdig.io.safetensors_header import read_safetensors_header
 from ecgdig.io.strict_json import canonical_json, loads_strict, read_json_file
 
 __all__ = [
@@ -612,28 +613,9 @@ def read_file_info(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> Tens
         header.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UpdateRejectedError("file not found", path)
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise UpdateRejectedError(f"file is {size} bytes, over the {max_bytes}-byte limit", path)
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise UpdateRejectedError("not a safetensors file: shorter than 8 bytes", path)
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > MAX_SAFETENSORS_HEADER_BYTES or 8 + header_len > size:
-            raise UpdateRejectedError(
-                f"not a safetensors file: header length {header_len} is implausible", path
-            )
-        raw_header = handle.read(header_len)
-    try:
-        st_header = loads_strict(raw_header.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise UpdateRejectedError(f"not a safetensors file: header is not valid JSON ({exc})", path) from None
-    if not isinstance(st_header, dict):
-        raise UpdateRejectedError("not a safetensors file: header is not a JSON object", path)
-    metadata = st_header.pop("__metadata__", None)
+    st_header, metadata, size = read_safetensors_header(
+        path, max_bytes=max_bytes, max_header_bytes=MAX_SAFETENSORS_HEADER_BYTES, error=UpdateRejectedError
+    )
     if not isinstance(metadata, dict) or HEADER_KEY not in metadata:
         raise UpdateRejectedError(f"not an ecgdig protocol file: no {HEADER_KEY!r} metadata", path)
     if set(metadata) != {HEADER_KEY}:

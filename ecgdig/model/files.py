@@ -20,7 +20,6 @@ parsed here and checked against the architecture before any tensor is loaded, an
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from torch import nn
 from ecgdig import __version__
 from ecgdig.errors import ConfigError, ModelFileError
 from ecgdig.io.atomic import atomic_path
+from ecgdig.io.safetensors_header import read_safetensors_header
 from ecgdig.io.strict_json import canonical_json, loads_strict
 from ecgdig.model.network import DEFAULT_PX_PER_MM, TraceUnet, UnetArchitecture, build_network
 
@@ -310,26 +310,9 @@ class _FileInfo:
 
 
 def _read_info(path: Path, max_bytes: int) -> _FileInfo:
-    if not path.is_file():
-        raise ModelFileError("model file not found", path)
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ModelFileError(f"file is {size} bytes, over the {max_bytes}-byte limit", path)
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise ModelFileError("not a safetensors file (shorter than 8 bytes)", path)
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len < 2 or header_len > _MAX_ST_HEADER_BYTES or 8 + header_len > size:
-            raise ModelFileError(f"not a safetensors file (implausible header length {header_len})", path)
-        raw = handle.read(header_len)
-    try:
-        st_header = loads_strict(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ModelFileError("not a safetensors file (header is not JSON)", path) from None
-    if not isinstance(st_header, dict):
-        raise ModelFileError("not a safetensors file (header is not a JSON object)", path)
-    metadata = st_header.pop("__metadata__", None)
+    st_header, metadata, _ = read_safetensors_header(
+        path, max_bytes=max_bytes, max_header_bytes=_MAX_ST_HEADER_BYTES, error=ModelFileError
+    )
     if not isinstance(metadata, dict) or not isinstance(metadata.get(HEADER_KEY), str):
         raise ModelFileError(f"not an ecgdig model file (no {HEADER_KEY!r} metadata)", path)
     header_text = metadata[HEADER_KEY]
