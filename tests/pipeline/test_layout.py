@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from synthetic import PX_PER_MM, draw_strips, ecg_like
 
 from ecgdig.errors import DigitizationError
-from ecgdig.pipeline.layout import find_rows, infer_layout, template_for_row_count
+from ecgdig.pipeline.layout import find_rows, infer_layout, rescale_from_layout, template_for_row_count
 from ecgdig.pipeline.vectorize import follow_trace
 
 
@@ -67,3 +69,45 @@ def test_an_extra_text_strip_is_ignored_with_a_warning() -> None:
     assert layout.template_name == "3x4+1"
     assert rows[0] not in layout.rows
     assert any("look like text or noise" in w for w in layout.warnings)
+
+
+def _pulsed_layout_at(assumed_px_per_mm: float):
+    """A 4-strip page with pulses drawn at PX_PER_MM, laid out as if the grid said ``assumed``."""
+    fs = 500.0
+    strips = [ecg_like(fs, 10.0, seed=s, amplitude_mv=0.8) for s in range(4)]
+    prob, _, _ = draw_strips(strips, fs, mm_per_mv=10.0, pulse=True, row_spacing_mm=45.0)
+    rows = find_rows(prob, PX_PER_MM)
+    traces = [follow_trace(prob, r, PX_PER_MM) for r in rows]
+    return infer_layout(rows, traces, assumed_px_per_mm)
+
+
+def test_doubtful_scale_is_rederived_from_the_strip_length() -> None:
+    # The grid was read 20% too coarse; the 10 s strips still span 250 mm at the true scale.
+    layout = _pulsed_layout_at(PX_PER_MM * 1.2)
+    rescued = rescale_from_layout(layout)
+    assert rescued is not None
+    px_per_mm, how = rescued
+    assert "strip length" in how
+    assert px_per_mm == pytest.approx(PX_PER_MM, rel=0.02)
+
+
+def test_pulse_is_the_fallback_when_strips_give_no_plausible_length() -> None:
+    layout = _pulsed_layout_at(PX_PER_MM * 1.05)
+    # Strips cut to a fifth of their length (a clipped photo) would imply an absurd scale.
+    short = replace(
+        layout,
+        row_x_end_px=tuple(
+            s + 0.2 * (e - s) for s, e in zip(layout.row_x_start_px, layout.row_x_end_px, strict=True)
+        ),
+    )
+    rescued = rescale_from_layout(short)
+    assert rescued is not None
+    px_per_mm, how = rescued
+    assert "calibration pulse" in how
+    assert px_per_mm == pytest.approx(PX_PER_MM, rel=0.05)
+
+
+def test_no_rescale_when_no_cue_is_plausible() -> None:
+    layout = _pulsed_layout_at(PX_PER_MM)
+    hopeless = replace(layout, row_x_end_px=tuple(s + 10.0 for s in layout.row_x_start_px), pulses=())
+    assert rescale_from_layout(hopeless) is None
