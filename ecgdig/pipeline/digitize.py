@@ -24,12 +24,18 @@ from ecgdig import __version__
 from ecgdig.errors import DigitizationError, EcgdigError
 from ecgdig.io import atomic_write_text, read_image, write_image, write_record
 from ecgdig.layouts import load_layout
-from ecgdig.leads import STANDARD_LEADS
+from ecgdig.leads import STANDARD_LEADS, limb_lead_inconsistency
 from ecgdig.pipeline.grid import suppress_grid
-from ecgdig.pipeline.layout import DEFAULT_DURATION_S, find_rows, infer_layout, rescale_from_layout
+from ecgdig.pipeline.layout import (
+    ALTERNATIVE_LAYOUTS,
+    DEFAULT_DURATION_S,
+    find_rows,
+    infer_layout,
+    rescale_from_layout,
+)
 from ecgdig.pipeline.normalize import normalize
 from ecgdig.pipeline.segment import segment
-from ecgdig.pipeline.vectorize import DEFAULT_FS_HZ, follow_trace, traces_to_record
+from ecgdig.pipeline.vectorize import DEFAULT_FS_HZ, VectorizedLeads, follow_trace, traces_to_record
 from ecgdig.types import (
     EcgRecord,
     GridSuppression,
@@ -297,6 +303,8 @@ def vectorize_probability(
     traces = [trace for band, trace in zip(rows, traces, strict=True) if id(band) in kept]
     rows = list(layout.rows)
     vectorized = traces_to_record(traces, layout, fs_hz=options.fs_hz, name=name)
+    if template is None:
+        layout, vectorized = _most_consistent_layout(layout, traces, vectorized, options, name)
     record = vectorized.record
     abstained = [lead for lead, c in vectorized.confidence.items() if c < options.min_confidence]
     warnings = list(layout.warnings)
@@ -307,6 +315,52 @@ def vectorize_probability(
         record = replace(record, signal_mv=signal)
         warnings.append(f"too little trace found for {', '.join(abstained)}: written as NaN")
     return VectorizedPage(record, vectorized.confidence, rows, traces, layout, warnings)
+
+
+def _most_consistent_layout(
+    layout: PageLayout,
+    traces: list[RowTrace | None],
+    vectorized: VectorizedLeads,
+    options: DigitizeOptions,
+    name: str,
+) -> tuple[PageLayout, VectorizedLeads]:
+    """Among the layouts with the guessed one's strip count, keep the one whose limb leads agree.
+
+    Six strips are a 3x4 block with three rhythm strips, or six rows of two 5 s leads (6x2), or
+    the six limb leads (6x1). Reading the page each way and checking I - II + III = 0 and
+    aVR + aVL + aVF = 0 tells them apart; an alternative wins only if it is clearly more
+    consistent (half the guessed layout's residual), so noisy pages keep the usual guess.
+    """
+    alternatives = ALTERNATIVE_LAYOUTS.get(layout.template_name, ())
+    if not alternatives:
+        return layout, vectorized
+    best_score = limb_lead_inconsistency(vectorized.record.signal_mv, vectorized.record.lead_names)
+    if best_score is None:
+        return layout, vectorized
+    guessed = layout.template_name
+    best = (layout, vectorized)
+    for alternative in alternatives:
+        candidate = infer_layout(
+            list(layout.rows),
+            traces,
+            layout.px_per_mm,
+            template=load_layout(alternative),
+            mm_per_s=options.mm_per_s,
+            mm_per_mv=options.mm_per_mv,
+            duration_s=options.duration_s,
+        )
+        leads = traces_to_record(traces, candidate, fs_hz=options.fs_hz, name=name)
+        score = limb_lead_inconsistency(leads.record.signal_mv, leads.record.lead_names)
+        if score is not None and score < 0.5 * best_score:
+            best_score, best = score, (candidate, leads)
+    chosen, leads = best
+    if chosen.template_name != guessed:
+        note = (
+            f"{len(chosen.rows)} strips read as {chosen.template_name}, not {guessed}: its limb leads "
+            "obey I - II + III = 0 and aVR + aVL + aVF = 0; pass --layout if this is wrong"
+        )
+        chosen = replace(chosen, warnings=(*layout.warnings, note))
+    return chosen, leads
 
 
 def sidecar(result: DigitizationResult, *, source: Path | None = None) -> dict[str, object]:

@@ -22,6 +22,7 @@ from ecgdig.layouts import LayoutTemplate, load_layout
 from ecgdig.types import CalibrationPulse, PageLayout, RowBand, RowTrace
 
 __all__ = [
+    "ALTERNATIVE_LAYOUTS",
     "DEFAULT_DURATION_S",
     "DEFAULT_MM_PER_MV",
     "DEFAULT_MM_PER_S",
@@ -40,6 +41,8 @@ STANDARD_GAINS_MM_PER_MV = (5.0, 10.0, 20.0)
 
 #: Template chosen for a page with this many strips when the user names none.
 _TEMPLATE_BY_ROW_COUNT = {3: "3x4", 4: "3x4+1", 5: "3x4+2", 6: "3x4+3", 12: "12x1"}
+#: Layouts with the same strip count as the guessed one; the limb-lead identities choose among them.
+ALTERNATIVE_LAYOUTS: dict[str, tuple[str, ...]] = {"3x4+3": ("6x2", "6x1")}
 #: Strips closer than this (mm) are one strip.
 _MIN_ROW_SPACING_MM = 8.0
 #: A trace has ink in at least this fraction of the columns it spans; text does not.

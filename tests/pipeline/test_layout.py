@@ -7,8 +7,11 @@ import pytest
 from synthetic import PX_PER_MM, draw_strips, ecg_like
 
 from ecgdig.errors import DigitizationError
+from ecgdig.leads import limb_lead_inconsistency
+from ecgdig.pipeline.digitize import vectorize_probability
 from ecgdig.pipeline.layout import find_rows, infer_layout, rescale_from_layout, template_for_row_count
 from ecgdig.pipeline.vectorize import follow_trace
+from ecgdig.render import RenderSettings, render_page
 
 
 @pytest.mark.parametrize("mm_per_mv", [5.0, 10.0, 20.0])
@@ -111,3 +114,34 @@ def test_no_rescale_when_no_cue_is_plausible() -> None:
     layout = _pulsed_layout_at(PX_PER_MM)
     hopeless = replace(layout, row_x_end_px=tuple(s + 10.0 for s in layout.row_x_start_px), pulses=())
     assert rescale_from_layout(hopeless) is None
+
+
+def _limb_consistent(record):
+    """The synthetic record with limb leads derived from I and II, as real limb leads are."""
+    sig = record.signal_mv.copy()
+    i, ii = sig[:, 0], sig[:, 1]
+    iii = ii - i
+    sig[:, 2], sig[:, 3], sig[:, 4], sig[:, 5] = iii, -(i + ii) / 2, (i - iii) / 2, (ii + iii) / 2
+    return replace(record, signal_mv=sig)
+
+
+def test_limb_lead_identities_hold_for_real_leads_and_not_for_shuffled_ones(record) -> None:
+    consistent = _limb_consistent(record)
+    assert limb_lead_inconsistency(consistent.signal_mv, consistent.lead_names) < 0.01
+    shuffled = consistent.signal_mv[:, [6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]]
+    assert limb_lead_inconsistency(shuffled, consistent.lead_names) > 0.3
+    assert limb_lead_inconsistency(consistent.signal_mv[:, 6:], consistent.lead_names[6:]) is None
+
+
+@pytest.mark.parametrize("printed", ["6x2", "3x4+3"])
+def test_six_strip_pages_are_read_with_the_layout_their_limb_leads_obey(record, printed: str) -> None:
+    # Prepare: a page printed with six strips; the digitizer is not told which layout.
+    page = render_page(_limb_consistent(record), RenderSettings(dpi=200, layout=printed), rng=0)
+    probability = (page.trace_mask > 0).astype(np.float32)
+
+    # Execute
+    vectorized = vectorize_probability(probability, page.px_per_mm)
+
+    # Assert: the layout that was printed, said in a warning when it is not the usual guess.
+    assert vectorized.layout.template_name == printed
+    assert any("6x2" in w for w in vectorized.warnings) == (printed == "6x2")
