@@ -66,7 +66,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".
 _DERIVED_SUFFIXES = ("_mask", "_labels", "_overlay")
 logger = logging.getLogger(__name__)
 _RECORD_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-#: Below this grid confidence the scale is re-derived from the calibration pulse or strip length.
+#: Below this grid confidence the scale is re-derived from the strip length or calibration pulse.
 _TRUSTED_SCALE_CONFIDENCE = 0.5
 
 
@@ -255,8 +255,9 @@ def vectorize_probability(
     options : DigitizeOptions, optional
         Layout, speed, gain, rate and abstention settings.
     scale_confidence : float, optional
-        Confidence of ``px_per_mm`` (0..1). Below 0.5 the scale is re-derived from the calibration
-        pulse or the strip length where possible (see :func:`ecgdig.pipeline.layout.rescale_from_layout`).
+        Confidence of ``px_per_mm`` (0..1). Below 0.5 the scale is re-derived from the strip
+        length or the calibration pulse where possible (see
+        :func:`ecgdig.pipeline.layout.rescale_from_layout`).
 
     Returns
     -------
