@@ -80,6 +80,10 @@ US_LETTER_LONG_SIDE_MM = 279.4
 ASSUMED_CONFIDENCE = 0.05
 #: Longest side of the thumbnail used for paper detection, colour choice and the coarse angle.
 _THUMB_SIDE_PX = 1024
+#: A sheet of paper is a quadrilateral, even in perspective: its hull fills most of its smallest
+#: enclosing rectangle. A bright region that does not (light falling on part of the sheet, a shadow
+#: cutting it) is not the paper, and cropping to it would cut traces off.
+_MIN_PAPER_RECT_FILL = 0.75
 #: Smallest 1-mm period (px) that can be resolved; below this the minor lines are not sought.
 _MIN_PERIOD_PX = 2.2
 #: Smallest comb period (px) accepted from the autocorrelation directly (finer ones may be aliases).
@@ -570,12 +574,15 @@ def _find_paper(thumb: np.ndarray) -> _Paper | None:
     frac = cv2.contourArea(contour) / float(rows * cols)
     if frac > 0.95 or frac < 0.15:
         return None
+    hull = cv2.convexHull(contour)
+    (_, _), (width, height), _ = cv2.minAreaRect(hull)
+    if cv2.contourArea(hull) < _MIN_PAPER_RECT_FILL * width * height:
+        return None
     mask = np.zeros((rows, cols), np.uint8)
     cv2.drawContours(mask, [contour], -1, 255, thickness=cv2.FILLED)  # fills holes (traces, text)
     k = max(3, round(max(rows, cols) / 200)) | 1
     eroded = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    hull = cv2.convexHull(contour).reshape(-1, 2).astype(np.float64)
-    return _Paper(eroded, hull)
+    return _Paper(eroded, hull.reshape(-1, 2).astype(np.float64))
 
 
 # --------------------------------------------------------------------------------------------------

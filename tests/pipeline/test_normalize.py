@@ -202,6 +202,24 @@ def test_perspective_is_corrected_from_the_grid() -> None:
     assert _rel_err(again.px_per_mm_y, 8.0) < 0.005, again
 
 
+def test_a_shadow_across_the_page_does_not_crop_it() -> None:
+    # Prepare: a page on a dark table, its lower-left part in a shadow as dark as the table, so
+    # the bright region is a triangle: light on part of the sheet, not the sheet.
+    page, _ = grid_page(px_per_mm=7.0, size_mm=(170.0, 230.0))
+    rows, cols = page.shape[:2]
+    photo = np.full((rows + 200, cols + 200, 3), (70, 50, 40), np.uint8)
+    photo[100:-100, 100:-100] = page
+    y, x = np.mgrid[0 : photo.shape[0], 0 : photo.shape[1]]
+    shadow = y > 100 + 0.6 * rows * (x - 100) / cols
+    photo[shadow] = (photo[shadow] * 0.3).astype(np.uint8)
+
+    # Execute
+    out = normalize(photo, target_px_per_mm=8.0)
+
+    # Assert: the whole sheet is kept (a crop to the lit triangle would keep 60% of its height).
+    assert out.image.shape[0] >= 0.95 * 170.0 * 8.0
+
+
 # --------------------------------------------------------------------------------------------------
 # No grid: a clear fallback, never a crash
 # --------------------------------------------------------------------------------------------------
