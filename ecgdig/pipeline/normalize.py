@@ -476,7 +476,14 @@ def _analyse(rgb: np.ndarray, *, correct_perspective: bool) -> _Geometry:
 def _fallback(
     flat: np.ndarray, outline: np.ndarray, warnings: list[str], channel_name: str, is_paper: bool
 ) -> _Geometry:
-    region = _outline_bbox(np.eye(3), outline)
+    # Without a grid, a sheet seen on a background still shows its four corners: mapping them to a
+    # rectangle removes the rotation and perspective of a photo (the strips become straight rows).
+    pre = _sheet_rectification(outline) if is_paper else None
+    if pre is None:
+        pre = np.eye(3)
+    else:
+        warnings.append("no periodic grid found: the photo was rectified from the sheet's corners")
+    region = _outline_bbox(pre, outline)
     long_side = max(region[2] - region[0], region[3] - region[1])
     px_per_mm = long_side / US_LETTER_LONG_SIDE_MM
     warnings.append(
@@ -484,17 +491,45 @@ def _fallback(
         f"{US_LETTER_LONG_SIDE_MM} mm, US letter; 200 dpi for a 2200 px page) = {px_per_mm:.3f} px/mm; "
         "check it against the calibration pulse"
     )
+    centre = np.mean(outline, axis=0)
     measurement = GridMeasurement(
         px_per_mm_x=px_per_mm,
         px_per_mm_y=px_per_mm,
         confidence=ASSUMED_CONFIDENCE,
         method="assumed-page-width",
-        rotation_deg=0.0,
+        rotation_deg=_rotation_of(pre, centre),
         grid_channel=channel_name,
+        perspective_corrected=not np.allclose(pre, np.eye(3)),
         warnings=tuple(warnings),
     )
     paper = outline if is_paper else None
-    return _Geometry(measurement, np.eye(3), region, flat, px_per_mm, px_per_mm, paper)
+    return _Geometry(measurement, pre, region, flat, px_per_mm, px_per_mm, paper)
+
+
+def _sheet_rectification(outline: np.ndarray) -> np.ndarray | None:
+    """Return the homography taking a sheet's four corners to an upright rectangle, or None.
+
+    The corners come from the sheet's convex hull simplified to four points (None if it does not
+    simplify to four). The rectangle's sides are the means of the opposite edges, so the scale
+    stays that of the photo.
+    """
+    hull = cv2.convexHull(outline.astype(np.float32))
+    quad = cv2.approxPolyDP(hull, 0.02 * cv2.arcLength(hull, True), True).reshape(-1, 2)
+    if len(quad) != 4:
+        return None
+    # Order: top-left, top-right, bottom-right, bottom-left (by the sums and differences of x, y).
+    total, diff = quad.sum(axis=1), np.diff(quad, axis=1).ravel()
+    ordered = np.array(
+        [quad[np.argmin(total)], quad[np.argmin(diff)], quad[np.argmax(total)], quad[np.argmax(diff)]],
+        dtype=np.float32,
+    )
+    if len({tuple(p) for p in ordered.tolist()}) != 4:
+        return None
+    tl, tr, br, bl = ordered
+    width = 0.5 * (np.linalg.norm(tr - tl) + np.linalg.norm(br - bl))
+    height = 0.5 * (np.linalg.norm(bl - tl) + np.linalg.norm(br - tr))
+    target = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32) + tl
+    return cv2.getPerspectiveTransform(ordered, target).astype(np.float64)
 
 
 def _apply(matrix: np.ndarray, pts: np.ndarray) -> np.ndarray:

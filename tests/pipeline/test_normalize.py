@@ -202,6 +202,24 @@ def test_perspective_is_corrected_from_the_grid() -> None:
     assert _rel_err(again.px_per_mm_y, 8.0) < 0.005, again
 
 
+def test_a_gridless_photo_is_rectified_from_the_sheet_corners() -> None:
+    # Prepare: a page without grid, turned 4 degrees counter-clockwise on a dark table.
+    page, _ = grid_page(style="none")
+    rows, cols = page.shape[:2]
+    photo = np.full((rows + 400, cols + 400, 3), (60, 45, 35), np.uint8)
+    photo[200:-200, 200:-200] = page
+    turn = cv2.getRotationMatrix2D((photo.shape[1] / 2, photo.shape[0] / 2), 4.0, 1.0)
+    photo = cv2.warpAffine(photo, turn, (photo.shape[1], photo.shape[0]), borderValue=(60, 45, 35))
+
+    # Execute
+    out = normalize(photo)
+
+    # Assert: the turn is found and removed although no grid gave it; the scale is still assumed.
+    assert out.scale_method == "assumed-page-width"
+    assert out.rotation_deg == pytest.approx(4.0, abs=0.3)
+    assert any("sheet's corners" in w for w in out.warnings)
+
+
 def test_a_shadow_across_the_page_does_not_crop_it() -> None:
     # Prepare: a page on a dark table, its lower-left part in a shadow as dark as the table, so
     # the bright region is a triangle: light on part of the sheet, not the sheet.
