@@ -84,30 +84,27 @@ def _pulsed_layout_at(assumed_px_per_mm: float):
     return infer_layout(rows, traces, assumed_px_per_mm)
 
 
-def test_doubtful_scale_is_rederived_from_the_strip_length() -> None:
-    # The grid was read 20% too coarse; the 10 s strips still span 250 mm at the true scale.
-    layout = _pulsed_layout_at(PX_PER_MM * 1.2)
-    rescued = rescale_from_layout(layout)
-    assert rescued is not None
-    px_per_mm, how = rescued
-    assert "strip length" in how
-    assert px_per_mm == pytest.approx(PX_PER_MM, rel=0.02)
-
-
-def test_pulse_is_the_fallback_when_strips_give_no_plausible_length() -> None:
-    layout = _pulsed_layout_at(PX_PER_MM * 1.05)
-    # Strips cut to a fifth of their length (a clipped photo) would imply an absurd scale.
-    short = replace(
-        layout,
-        row_x_end_px=tuple(
-            s + 0.2 * (e - s) for s, e in zip(layout.row_x_start_px, layout.row_x_end_px, strict=True)
-        ),
+@pytest.mark.parametrize(
+    ("grid_error", "strip_fraction", "cue", "tolerance"),
+    [
+        # The grid was read 20% too coarse; the 10 s strips still span 250 mm at the true scale.
+        (1.2, 1.0, "strip length", 0.02),
+        # Strips cut to a fifth of their length (a clipped photo) imply an absurd scale: the pulse.
+        (1.05, 0.2, "calibration pulse", 0.05),
+    ],
+)
+def test_doubtful_scale_is_rederived_from_strips_then_pulse(
+    grid_error: float, strip_fraction: float, cue: str, tolerance: float
+) -> None:
+    layout = _pulsed_layout_at(PX_PER_MM * grid_error)
+    ends = tuple(
+        s + strip_fraction * (e - s) for s, e in zip(layout.row_x_start_px, layout.row_x_end_px, strict=True)
     )
-    rescued = rescale_from_layout(short)
+    rescued = rescale_from_layout(replace(layout, row_x_end_px=ends))
     assert rescued is not None
     px_per_mm, how = rescued
-    assert "calibration pulse" in how
-    assert px_per_mm == pytest.approx(PX_PER_MM, rel=0.05)
+    assert cue in how
+    assert px_per_mm == pytest.approx(PX_PER_MM, rel=tolerance)
 
 
 def test_no_rescale_when_no_cue_is_plausible() -> None:
