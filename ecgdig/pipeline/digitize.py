@@ -27,10 +27,10 @@ from ecgdig.layouts import load_layout
 from ecgdig.leads import STANDARD_LEADS, limb_lead_inconsistency
 from ecgdig.pipeline.grid import suppress_grid
 from ecgdig.pipeline.layout import (
-    ALTERNATIVE_LAYOUTS,
     DEFAULT_DURATION_S,
     find_rows,
     infer_layout,
+    layouts_for_row_count,
     rescale_from_layout,
 )
 from ecgdig.pipeline.normalize import normalize
@@ -332,7 +332,7 @@ def _most_consistent_layout(
     aVR + aVL + aVF = 0 tells them apart; an alternative wins only if it is clearly more
     consistent (half the guessed layout's residual), so noisy pages keep the usual guess.
     """
-    alternatives = ALTERNATIVE_LAYOUTS.get(layout.template_name, ())
+    alternatives = [n for n in layouts_for_row_count(len(layout.rows)) if n != layout.template_name]
     if not alternatives:
         return layout, vectorized
     best_score = limb_lead_inconsistency(vectorized.record.signal_mv, vectorized.record.lead_names)

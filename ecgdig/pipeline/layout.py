@@ -22,7 +22,6 @@ from ecgdig.layouts import LayoutTemplate, load_layout
 from ecgdig.types import CalibrationPulse, PageLayout, RowBand, RowTrace
 
 __all__ = [
-    "ALTERNATIVE_LAYOUTS",
     "DEFAULT_DURATION_S",
     "DEFAULT_MM_PER_MV",
     "DEFAULT_MM_PER_S",
@@ -30,6 +29,7 @@ __all__ = [
     "find_calibration_pulse",
     "find_rows",
     "infer_layout",
+    "layouts_for_row_count",
     "rescale_from_layout",
     "template_for_row_count",
 ]
@@ -39,10 +39,15 @@ DEFAULT_MM_PER_MV = 10.0
 DEFAULT_DURATION_S = 10.0
 STANDARD_GAINS_MM_PER_MV = (5.0, 10.0, 20.0)
 
-#: Template chosen for a page with this many strips when the user names none.
-_TEMPLATE_BY_ROW_COUNT = {3: "3x4", 4: "3x4+1", 5: "3x4+2", 6: "3x4+3", 12: "12x1"}
-#: Layouts with the same strip count as the guessed one; the limb-lead identities choose among them.
-ALTERNATIVE_LAYOUTS: dict[str, tuple[str, ...]] = {"3x4+3": ("6x2", "6x1")}
+#: Layouts printed with this many strips, the usual one first (guessed when the user names none);
+#: the others are tried by the vectorizer, whose limb-lead identities choose among them.
+_LAYOUTS_BY_ROW_COUNT: dict[int, tuple[str, ...]] = {
+    3: ("3x4",),
+    4: ("3x4+1",),
+    5: ("3x4+2",),
+    6: ("3x4+3", "6x2", "6x1"),
+    12: ("12x1",),
+}
 #: Strips closer than this (mm) are one strip.
 _MIN_ROW_SPACING_MM = 8.0
 #: A trace has ink in at least this fraction of the columns it spans; text does not.
@@ -118,6 +123,22 @@ def find_rows(probability: np.ndarray, px_per_mm: float, *, threshold: float = 0
     return bands
 
 
+def layouts_for_row_count(n_rows: int) -> tuple[str, ...]:
+    """Return the names of the layouts printed with ``n_rows`` strips, the usual one first.
+
+    Parameters
+    ----------
+    n_rows : int
+        Number of strips found.
+
+    Returns
+    -------
+    tuple of str
+        Layout names; empty if no shipped layout has that many strips.
+    """
+    return _LAYOUTS_BY_ROW_COUNT.get(n_rows, ())
+
+
 def template_for_row_count(n_rows: int) -> LayoutTemplate:
     """Return the layout template assumed for a page showing ``n_rows`` strips.
 
@@ -136,12 +157,12 @@ def template_for_row_count(n_rows: int) -> LayoutTemplate:
     DigitizationError
         If no shipped layout has that many strips.
     """
-    name = _TEMPLATE_BY_ROW_COUNT.get(n_rows)
-    if name is None:
+    names = layouts_for_row_count(n_rows)
+    if not names:
         raise DigitizationError(
             f"found {n_rows} strips of trace, which matches no known layout; pass --layout"
         )
-    return load_layout(name)
+    return load_layout(names[0])
 
 
 def _drop_weakest_rows(
@@ -157,11 +178,11 @@ def _drop_weakest_rows(
     continuous = [
         i for i, t in enumerate(traces) if t is not None and float(np.mean(t.found)) >= _MIN_TRACE_CONTINUITY
     ]
-    if len(continuous) < len(rows) and len(continuous) in _TEMPLATE_BY_ROW_COUNT:
+    if len(continuous) < len(rows) and len(continuous) in _LAYOUTS_BY_ROW_COUNT:
         keep = continuous
     else:
-        counts = sorted(c for c in _TEMPLATE_BY_ROW_COUNT if c <= len(rows))
-        if len(rows) in _TEMPLATE_BY_ROW_COUNT or not counts:
+        counts = sorted(c for c in _LAYOUTS_BY_ROW_COUNT if c <= len(rows))
+        if len(rows) in _LAYOUTS_BY_ROW_COUNT or not counts:
             return rows, traces, 0
         strength = [
             band.coverage if trace is not None else -1.0 for band, trace in zip(rows, traces, strict=True)

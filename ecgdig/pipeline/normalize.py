@@ -509,11 +509,11 @@ def _fallback(
 def _sheet_rectification(outline: np.ndarray) -> np.ndarray | None:
     """Return the homography taking a sheet's four corners to an upright rectangle, or None.
 
-    The corners come from the sheet's convex hull simplified to four points (None if it does not
-    simplify to four). The rectangle's sides are the means of the opposite edges, so the scale
-    stays that of the photo.
+    The corners come from the sheet's outline (its convex hull) simplified to four points (None if
+    it does not simplify to four). The rectangle's sides are the means of the opposite edges, so
+    the scale stays that of the photo.
     """
-    hull = cv2.convexHull(outline.astype(np.float32))
+    hull = outline.astype(np.float32).reshape(-1, 1, 2)
     quad = cv2.approxPolyDP(hull, 0.02 * cv2.arcLength(hull, True), True).reshape(-1, 2)
     if len(quad) != 4:
         return None

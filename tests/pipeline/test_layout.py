@@ -9,7 +9,13 @@ from synthetic import PX_PER_MM, draw_strips, ecg_like
 from ecgdig.errors import DigitizationError
 from ecgdig.leads import limb_lead_inconsistency
 from ecgdig.pipeline.digitize import vectorize_probability
-from ecgdig.pipeline.layout import find_rows, infer_layout, rescale_from_layout, template_for_row_count
+from ecgdig.pipeline.layout import (
+    find_rows,
+    infer_layout,
+    layouts_for_row_count,
+    rescale_from_layout,
+    template_for_row_count,
+)
 from ecgdig.pipeline.vectorize import follow_trace
 from ecgdig.render import RenderSettings, render_page
 
@@ -47,6 +53,10 @@ def test_row_count_selects_template() -> None:
     assert template_for_row_count(12).name == "12x1"
     with pytest.raises(DigitizationError, match="7 strips"):
         template_for_row_count(7)
+    # Six strips are ambiguous: the usual guess first, then what the limb leads may choose instead.
+    assert layouts_for_row_count(6) == ("3x4+3", "6x2", "6x1")
+    assert template_for_row_count(6).name == "3x4+3"
+    assert layouts_for_row_count(7) == ()
 
 
 def test_blank_page_has_no_rows() -> None:
