@@ -257,6 +257,12 @@ class PageLayout:
         Calibration pulses found.
     gain_source : str
         ``"pulse"``, ``"user"`` or ``"default"``.
+    speed_source : str
+        Where the paper speed came from: ``"pulse"`` (the calibration pulse's width), ``"user"``
+        or ``"default"``.
+    duration_source : str
+        ``"user"``, ``"default"`` (10 s) or ``"strips"`` (measured strip length at a speed other
+        than 25 mm/s).
     warnings : tuple of str
         Doubtful decisions, for the sidecar.
     """
@@ -272,4 +278,6 @@ class PageLayout:
     panels: tuple[tuple[str, int, float, float], ...]
     pulses: tuple[CalibrationPulse, ...] = ()
     gain_source: str = "default"
+    speed_source: str = "default"
+    duration_source: str = "default"
     warnings: tuple[str, ...] = ()

@@ -55,7 +55,10 @@ LayoutOpt = Annotated[
     str | None,
     typer.Option("--layout", help="Layout template (3x4+1, 3x4+3, 3x4, 6x2, 12x1, 6x1) or YAML file."),
 ]
-SpeedOpt = Annotated[float | None, typer.Option("--mm-per-s", help="Paper speed in mm/s \\[default: 25].")]
+SpeedOpt = Annotated[
+    float | None,
+    typer.Option("--mm-per-s", help="Paper speed in mm/s \\[default: from the calibration pulse, else 25]."),
+]
 GainOpt = Annotated[
     float | None,
     typer.Option("--mm-per-mv", help="Gain in mm/mV \\[default: from the calibration pulse, else 10]."),

@@ -27,7 +27,6 @@ from ecgdig.layouts import load_layout
 from ecgdig.leads import STANDARD_LEADS, limb_lead_inconsistency
 from ecgdig.pipeline.grid import suppress_grid
 from ecgdig.pipeline.layout import (
-    DEFAULT_DURATION_S,
     find_rows,
     infer_layout,
     layouts_for_row_count,
@@ -79,13 +78,13 @@ class DigitizeOptions:
     layout : str or None
         Layout template name or YAML path; None detects it from the number of strips.
     mm_per_s : float or None
-        Paper speed; None assumes 25 mm/s.
+        Paper speed; None reads it from the calibration pulse's width (else 25 mm/s).
     mm_per_mv : float or None
         Gain; None reads it from the calibration pulse (else 10 mm/mV).
     fs_hz : float
         Output sampling rate.
-    duration_s : float
-        Time shown by a full strip.
+    duration_s : float or None
+        Time shown by a full strip; None: 10 s at 25 mm/s, the strips' length at other speeds.
     segmenter : str
         ``"classical"`` or ``"unet"``.
     model_path : str or None
@@ -102,7 +101,7 @@ class DigitizeOptions:
     mm_per_s: float | None = None
     mm_per_mv: float | None = None
     fs_hz: float = DEFAULT_FS_HZ
-    duration_s: float = DEFAULT_DURATION_S
+    duration_s: float | None = None
     segmenter: str = "classical"
     model_path: str | None = None
     threads: int | None = None
@@ -399,8 +398,15 @@ def sidecar(result: DigitizationResult, *, source: Path | None = None) -> dict[s
         "mm_per_s": layout.mm_per_s,
         "mm_per_mv": layout.mm_per_mv,
         "gain_source": layout.gain_source,
+        "speed_source": layout.speed_source,
+        "duration_source": layout.duration_source,
         "calibration_pulses": [
-            {"row": p.row, "height_mm": round(p.height_px / layout.px_per_mm, 3)} for p in layout.pulses
+            {
+                "row": p.row,
+                "height_mm": round(p.height_px / layout.px_per_mm, 3),
+                "width_mm": round((p.x_end_px - p.x_start_px) / layout.px_per_mm, 3),
+            }
+            for p in layout.pulses
         ],
         "strips": [
             {

@@ -38,6 +38,11 @@ DEFAULT_MM_PER_S = 25.0
 DEFAULT_MM_PER_MV = 10.0
 DEFAULT_DURATION_S = 10.0
 STANDARD_GAINS_MM_PER_MV = (5.0, 10.0, 20.0)
+#: Paper speeds the calibration pulse can reveal (the default first).
+STANDARD_SPEEDS_MM_PER_S = (25.0, 50.0)
+#: The calibration pulse lasts 0.2 s (IEC 60601-2-25; ecg-image-kit and the vendors we have seen):
+#: 5 mm wide at 25 mm/s, 10 mm at 50 mm/s.
+CALIBRATION_PULSE_S = 0.2
 
 #: Layouts printed with this many strips, the usual one first (guessed when the user names none);
 #: the others are tried by the vectorizer, whose limb-lead identities choose among them.
@@ -211,7 +216,8 @@ def find_calibration_pulse(
         Rising and falling columns and the plateau height above the baseline, or None if the strip
         does not start with a pulse.
     """
-    window = trace.x_px <= trace.x_first + 12 * px_per_mm
+    # The pulse lasts 0.2 s: 5 mm at 25 mm/s, 10 mm at 50 mm/s, after up to 3 mm of baseline.
+    window = trace.x_px <= trace.x_first + 16 * px_per_mm
     x = trace.x_px[window]
     elevation = baseline_px - trace.y_px[window]
     # The smallest standard pulse is 5 mm (1 mV at 5 mm/mV); anything lower is a P or T wave.
@@ -227,7 +233,7 @@ def find_calibration_pulse(
     k = int(np.argmax(lengths))
     x0, x1 = x[idx[starts[k]]], x[idx[ends[k]]]
     width_mm = (x1 - x0) / px_per_mm
-    if not 1.5 <= width_mm <= 8.0 or (x0 - trace.x_first) > 3.0 * px_per_mm:
+    if not 1.5 <= width_mm <= 13.0 or (x0 - trace.x_first) > 3.0 * px_per_mm:
         return None
     plateau = elevation[idx[starts[k]] : idx[ends[k]] + 1]
     inner = plateau[plateau.size // 5 : max(plateau.size // 5 + 1, plateau.size - plateau.size // 5)]
@@ -256,7 +262,7 @@ def infer_layout(
     template: LayoutTemplate | None = None,
     mm_per_s: float | None = None,
     mm_per_mv: float | None = None,
-    duration_s: float = DEFAULT_DURATION_S,
+    duration_s: float | None = None,
 ) -> PageLayout:
     """Decide lead placement, time origin and gain from the strips and their traces.
 
@@ -271,11 +277,12 @@ def infer_layout(
     template : LayoutTemplate, optional
         Layout to use; by default chosen from the number of strips.
     mm_per_s : float, optional
-        Paper speed; default 25 mm/s.
+        Paper speed; default from the calibration pulse's width (0.2 s), else 25 mm/s.
     mm_per_mv : float, optional
         Gain; default from the calibration pulse, else 10 mm/mV.
     duration_s : float, optional
-        Time shown by a full strip.
+        Time shown by a full strip; default 10 s at 25 mm/s, and at other speeds the strips'
+        length to the nearest 0.5 s (a 250 mm strip holds 5 s at 50 mm/s).
 
     Returns
     -------
@@ -305,8 +312,6 @@ def infer_layout(
             f"layout {template.name} has {template.n_rows} strips but {len(rows)} were found; "
             "strips are matched from the top"
         )
-    speed = float(mm_per_s) if mm_per_s else DEFAULT_MM_PER_S
-
     pulses: list[CalibrationPulse] = []
     x_start: list[float] = []
     x_end: list[float] = []
@@ -349,7 +354,20 @@ def infer_layout(
     else:
         warnings.append("no calibration pulse found; assuming 10 mm/mV")
 
+    speed, speed_source = _paper_speed(pulses, px_per_mm, mm_per_s)
+    if speed_source == "pulse" and speed != DEFAULT_MM_PER_S:
+        warnings.append(
+            f"calibration pulse is {CALIBRATION_PULSE_S * speed:g} mm wide: read at {speed:g} mm/s "
+            "(pass --mm-per-s if wrong)"
+        )
     span_s = float(np.median(ends - starts)) / px_per_mm / speed
+    duration_source = "user" if duration_s else "default"
+    if not duration_s:
+        duration_s = DEFAULT_DURATION_S
+        if speed != DEFAULT_MM_PER_S:
+            # Printers fill the strip's width, so at another speed it holds another duration.
+            duration_s = float(np.clip(round(2 * span_s) / 2, 0.5, DEFAULT_DURATION_S))
+            duration_source = "strips"
     if abs(span_s / duration_s - 1) > 0.08:
         warnings.append(
             f"strips span {span_s:.2f} s at {speed:g} mm/s, not the {duration_s:g} s expected; "
@@ -371,8 +389,29 @@ def infer_layout(
         panels=panels,
         pulses=tuple(pulses),
         gain_source=gain_source,
+        speed_source=speed_source,
+        duration_source=duration_source,
         warnings=tuple(warnings),
     )
+
+
+def _paper_speed(
+    pulses: list[CalibrationPulse], px_per_mm: float, mm_per_s: float | None
+) -> tuple[float, str]:
+    """Return the paper speed and its source: the user's, the calibration pulses' width, or 25 mm/s.
+
+    Only a standard speed within 20% of the pulses' median width is believed; other widths (some
+    printers draw narrower pulses) leave the default.
+    """
+    if mm_per_s:
+        return float(mm_per_s), "user"
+    if pulses:
+        width_mm = float(np.median([p.x_end_px - p.x_start_px for p in pulses])) / px_per_mm
+        measured = width_mm / CALIBRATION_PULSE_S
+        nearest = min(STANDARD_SPEEDS_MM_PER_S, key=lambda speed: abs(speed / measured - 1))
+        if abs(nearest / measured - 1) < 0.2:
+            return nearest, "pulse"
+    return DEFAULT_MM_PER_S, "default"
 
 
 def rescale_from_layout(layout: PageLayout) -> tuple[float, str] | None:
@@ -398,7 +437,8 @@ def rescale_from_layout(layout: PageLayout) -> tuple[float, str] | None:
     """
     spans = np.asarray(layout.row_x_end_px) - np.asarray(layout.row_x_start_px)
     spans = spans[np.isfinite(spans) & (spans > 0)]
-    if spans.size:
+    # A duration measured from the strips at this scale cannot correct the scale.
+    if spans.size and layout.duration_source != "strips":
         candidate = float(np.median(spans)) / (layout.duration_s * layout.mm_per_s)
         if _plausible_rescale(candidate, layout.px_per_mm):
             return candidate, f"the strip length ({layout.duration_s:g} s at {layout.mm_per_s:g} mm/s)"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecgdig.leads import STANDARD_LEADS
+from ecgdig.pipeline.layout import DEFAULT_DURATION_S
 from ecgdig.types import EcgRecord, PageLayout, RowBand, RowTrace
 
 __all__ = ["DEFAULT_FS_HZ", "VectorizedLeads", "follow_trace", "traces_to_record"]
@@ -329,15 +330,16 @@ def traces_to_record(
     Returns
     -------
     VectorizedLeads
-        The record (12 standard leads, ``round(duration_s * fs_hz)`` samples, NaN where not shown)
-        and each shown lead's confidence.
+        The record (12 standard leads, NaN where not shown) and each shown lead's confidence. It
+        covers the 10 s an electrocardiograph acquires, or the strip's duration if longer: a
+        50 mm/s print shows the first 5 s and the rest is NaN.
 
     Notes
     -----
     A lead printed twice (lead II in a 3x4 block and as the rhythm strip) is taken from its longest
     panel; the shorter panel only fills samples the longer one leaves empty.
     """
-    n_samples = round(layout.duration_s * fs_hz)
+    n_samples = round(max(layout.duration_s, DEFAULT_DURATION_S) * fs_hz)
     t = np.arange(n_samples) / fs_hz
     signal = np.full((n_samples, len(STANDARD_LEADS)), np.nan)
     found_fraction: dict[str, float] = {}

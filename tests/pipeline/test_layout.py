@@ -8,7 +8,8 @@ from synthetic import PX_PER_MM, draw_strips, ecg_like
 
 from ecgdig.errors import DigitizationError
 from ecgdig.leads import limb_lead_inconsistency
-from ecgdig.pipeline.digitize import vectorize_probability
+from ecgdig.metrics import score_record
+from ecgdig.pipeline.digitize import DigitizeOptions, vectorize_probability
 from ecgdig.pipeline.layout import (
     find_rows,
     infer_layout,
@@ -152,3 +153,36 @@ def test_six_strip_pages_are_read_with_the_layout_their_limb_leads_obey(record, 
     # Assert: the layout that was printed, said in a warning when it is not the usual guess.
     assert vectorized.layout.template_name == printed
     assert any("6x2" in w for w in vectorized.warnings) == (printed == "6x2")
+
+
+@pytest.mark.parametrize(("mm_per_s", "pulse"), [(50, True), (25, True), (50, False)])
+def test_paper_speed_is_read_from_the_calibration_pulse_width(record, mm_per_s: int, pulse: bool) -> None:
+    # Prepare: a page printed at the given speed; at 50 mm/s its strips hold 5 s, not 10 s.
+    settings = RenderSettings(dpi=200, layout="3x4+1", mm_per_s=mm_per_s, calibration_pulse=pulse)
+    page = render_page(record, settings, rng=0)
+    probability = (page.trace_mask > 0).astype(np.float32)
+
+    # Execute
+    vectorized = vectorize_probability(probability, page.px_per_mm)
+
+    # Assert: a 10 mm pulse (0.2 s) means 50 mm/s and a strip of the printed length, and the
+    # leads match the reference; without a pulse nothing tells the speed, and 25 mm/s is assumed.
+    layout = vectorized.layout
+    printed_s = page.truth["strip_duration_s"]
+    if pulse:
+        assert (layout.mm_per_s, layout.speed_source) == (mm_per_s, "pulse")
+        assert layout.duration_s == printed_s
+        assert layout.duration_source == ("default" if mm_per_s == 25 else "strips")
+        assert any("50 mm/s" in w for w in layout.warnings) == (mm_per_s == 50)
+        assert vectorized.record.n_samples == page.reference.n_samples
+        assert np.mean([s.snr_db for s in score_record(vectorized.record, page.reference)]) > 10
+    else:
+        assert (layout.mm_per_s, layout.speed_source, layout.duration_s) == (25, "default", 10.0)
+
+
+def test_user_speed_wins_and_sets_the_strip_duration(record) -> None:
+    page = render_page(record, RenderSettings(dpi=200, layout="3x4+1", mm_per_s=50), rng=0)
+    probability = (page.trace_mask > 0).astype(np.float32)
+    layout = vectorize_probability(probability, page.px_per_mm, options=DigitizeOptions(mm_per_s=50)).layout
+    assert (layout.mm_per_s, layout.speed_source) == (50, "user")
+    assert layout.duration_s == page.truth["strip_duration_s"]
