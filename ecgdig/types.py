@@ -260,6 +260,9 @@ class PageLayout:
     speed_source : str
         Where the paper speed came from: ``"pulse"`` (the calibration pulse's width), ``"user"``
         or ``"default"``.
+    row_time_knots : tuple of tuple of (float, float)
+        Per strip, ``(x_px, t_s)`` points where a lead separator fixes the time axis; between them
+        (and from the strip start) time is linear in x, beyond the last at the page's speed.
     duration_source : str
         ``"user"``, ``"default"`` (10 s) or ``"strips"`` (measured strip length at a speed other
         than 25 mm/s).
@@ -280,4 +283,5 @@ class PageLayout:
     gain_source: str = "default"
     speed_source: str = "default"
     duration_source: str = "default"
+    row_time_knots: tuple[tuple[tuple[float, float], ...], ...] = ()
     warnings: tuple[str, ...] = ()

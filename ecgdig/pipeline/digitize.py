@@ -27,6 +27,7 @@ from ecgdig.layouts import load_layout
 from ecgdig.leads import STANDARD_LEADS, limb_lead_inconsistency
 from ecgdig.pipeline.grid import suppress_grid
 from ecgdig.pipeline.layout import (
+    attach_lead_separators,
     find_rows,
     infer_layout,
     layouts_for_row_count,
@@ -34,7 +35,13 @@ from ecgdig.pipeline.layout import (
 )
 from ecgdig.pipeline.normalize import normalize
 from ecgdig.pipeline.segment import segment
-from ecgdig.pipeline.vectorize import DEFAULT_FS_HZ, VectorizedLeads, follow_trace, traces_to_record
+from ecgdig.pipeline.vectorize import (
+    DEFAULT_FS_HZ,
+    VectorizedLeads,
+    follow_trace,
+    strip_time_to_x,
+    traces_to_record,
+)
 from ecgdig.types import (
     EcgRecord,
     GridSuppression,
@@ -302,9 +309,10 @@ def vectorize_probability(
     kept = {id(band) for band in layout.rows}
     traces = [trace for band, trace in zip(rows, traces, strict=True) if id(band) in kept]
     rows = list(layout.rows)
+    layout = attach_lead_separators(layout, probability, traces)
     vectorized = traces_to_record(traces, layout, fs_hz=options.fs_hz, name=name)
     if template is None:
-        layout, vectorized = _most_consistent_layout(layout, traces, vectorized, options, name)
+        layout, vectorized = _most_consistent_layout(layout, probability, traces, vectorized, options, name)
     record = vectorized.record
     abstained = [lead for lead, c in vectorized.confidence.items() if c < options.min_confidence]
     warnings = list(layout.warnings)
@@ -319,6 +327,7 @@ def vectorize_probability(
 
 def _most_consistent_layout(
     layout: PageLayout,
+    probability: np.ndarray,
     traces: list[RowTrace | None],
     vectorized: VectorizedLeads,
     options: DigitizeOptions,
@@ -349,6 +358,7 @@ def _most_consistent_layout(
             mm_per_mv=options.mm_per_mv,
             duration_s=options.duration_s,
         )
+        candidate = attach_lead_separators(candidate, probability, traces)
         leads = traces_to_record(traces, candidate, fs_hz=options.fs_hz, name=name)
         score = limb_lead_inconsistency(leads.record.signal_mv, leads.record.lead_names)
         if score is not None and score < 0.5 * best_score:
@@ -413,8 +423,14 @@ def sidecar(result: DigitizationResult, *, source: Path | None = None) -> dict[s
                 "baseline_px": round(band.baseline_px, 1),
                 "x_start_px": round(x0, 1),
                 "x_end_px": round(x1, 1),
+                "time_knots": [
+                    {"x_px": round(x, 1), "t_s": round(t, 4)}
+                    for x, t in (layout.row_time_knots[i] if i < len(layout.row_time_knots) else ())
+                ],
             }
-            for band, x0, x1 in zip(layout.rows, layout.row_x_start_px, layout.row_x_end_px, strict=True)
+            for i, (band, x0, x1) in enumerate(
+                zip(layout.rows, layout.row_x_start_px, layout.row_x_end_px, strict=True)
+            )
         ],
         "lead_confidence": {lead: round(c, 3) for lead, c in result.confidence.items()},
         "warnings": result.warnings,
@@ -437,7 +453,6 @@ def draw_overlay(result: DigitizationResult) -> np.ndarray:
     """
     layout = result.layout
     canvas = (0.55 * result.page.image.astype(np.float32) + 0.45 * 255).astype(np.uint8)
-    px_per_s = layout.px_per_mm * layout.mm_per_s
     px_per_mv = layout.px_per_mm * layout.mm_per_mv
     t = np.arange(result.record.n_samples) / result.record.fs_hz
     palette = [(220, 20, 60), (0, 90, 200), (0, 150, 60)]
@@ -448,7 +463,7 @@ def draw_overlay(result: DigitizationResult) -> np.ndarray:
         window = (t >= start_s) & (t < end_s) & np.isfinite(values)
         if not np.any(window):
             continue
-        x = layout.row_x_start_px[row] + t[window] * px_per_s
+        x = strip_time_to_x(layout, row, t[window])
         y = layout.rows[row].baseline_px - values[window] * px_per_mv
         points = np.round(np.stack([x, y], axis=1) * 4).astype(np.int32).reshape(-1, 1, 2)
         cv2.polylines(canvas, [points], False, palette[k % len(palette)], 1, cv2.LINE_AA, shift=2)

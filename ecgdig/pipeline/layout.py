@@ -13,6 +13,9 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import find_peaks
@@ -26,7 +29,9 @@ __all__ = [
     "DEFAULT_MM_PER_MV",
     "DEFAULT_MM_PER_S",
     "STANDARD_GAINS_MM_PER_MV",
+    "attach_lead_separators",
     "find_calibration_pulse",
+    "find_lead_separators",
     "find_rows",
     "infer_layout",
     "layouts_for_row_count",
@@ -454,3 +459,176 @@ def rescale_from_layout(layout: PageLayout) -> tuple[float, str] | None:
 def _plausible_rescale(candidate: float, current: float) -> bool:
     """Accept a re-derived scale within 30% of the grid's: further off, the cue itself is suspect."""
     return 0.7 < candidate / current < 1.3
+
+
+#: Lead-separator bars: extent above and below the baseline (mm), and the straightness tolerance.
+_SEPARATOR_MIN_HALF_MM = 1.5
+_SEPARATOR_MAX_HALF_MM = 6.0
+_SEPARATOR_EDGE_TOLERANCE_MM = 0.25
+#: A bar is looked for this fraction of the strip's length either side of its uniform-scale place
+#: (the real photos are stretched up to 3-4% locally).
+_SEPARATOR_SEARCH_FRACTION = 0.04
+
+
+def find_lead_separators(
+    probability: np.ndarray,
+    band: RowBand,
+    trace: RowTrace,
+    expected_x_px: Sequence[float],
+    tolerance_px: float,
+    px_per_mm: float,
+    *,
+    threshold: float = 0.5,
+) -> list[float | None]:
+    """Locate the short vertical bars some printers draw where one lead hands over to the next.
+
+    A bar is a run of straight, full-height columns crossing the baseline: ink from at least
+    1.5 mm above to 1.5 mm below it, ending within 6 mm on both sides, with the same top and
+    bottom (to 0.25 mm) in each of its columns, and wider than the trace. QRS strokes near a
+    boundary are slanted, thinner or reach further.
+
+    Parameters
+    ----------
+    probability : (rows, cols) ndarray of float
+        Trace probability of the page.
+    band : RowBand
+        The strip.
+    trace : RowTrace
+        Its followed trace (the bars are centred on the pen's level near them).
+    expected_x_px : sequence of float
+        Where each boundary would be at a uniform time scale.
+    tolerance_px : float
+        How far from the expected column a bar is looked for.
+    px_per_mm : float
+        Page scale.
+    threshold : float, optional
+        Probability counted as ink.
+
+    Returns
+    -------
+    list of float or None
+        Per expected boundary, the centre column of the bar nearest to it, or None.
+    """
+    height, width = probability.shape
+    reach = round((_SEPARATOR_MAX_HALF_MM + 1) * px_per_mm)
+    found: list[float | None] = []
+    for expected in expected_x_px:
+        # Bars sit on the pen's resting level there, which a bowed or tilted strip moves.
+        near = np.abs(trace.x_px - expected) <= tolerance_px + 10 * px_per_mm
+        level = float(np.median(trace.y_px[near])) if np.any(near) else band.baseline_px
+        top = max(0, round(level) - reach)
+        ink = probability[top : min(height, round(level) + reach + 1)] >= threshold
+        c0 = max(0, int(expected - tolerance_px))
+        c1 = min(width, int(expected + tolerance_px) + 1)
+        extents = [_run_through_baseline(ink[:, c], level - top, px_per_mm) for c in range(c0, c1)]
+        bars = _straight_bars(extents, c0, px_per_mm, trace.line_width_px)
+        found.append(min(bars, key=lambda x: abs(x - expected)) if bars else None)
+    return found
+
+
+def _run_through_baseline(column: np.ndarray, baseline: float, px_per_mm: float) -> tuple[int, int] | None:
+    """Top and bottom row of a column's ink run that spans a separator's height across the baseline."""
+    lo = round(baseline - _SEPARATOR_MIN_HALF_MM * px_per_mm)
+    hi = round(baseline + _SEPARATOR_MIN_HALF_MM * px_per_mm)
+    if lo < 0 or hi >= column.size or not column[lo : hi + 1].all():
+        return None
+    top = lo
+    while top > 0 and column[top - 1]:
+        top -= 1
+    bottom = hi
+    while bottom < column.size - 1 and column[bottom + 1]:
+        bottom += 1
+    longest = _SEPARATOR_MAX_HALF_MM * px_per_mm
+    if baseline - top > longest or bottom - baseline > longest:
+        return None
+    return top, bottom
+
+
+def _straight_bars(
+    extents: list[tuple[int, int] | None], first_column: int, px_per_mm: float, line_width_px: float
+) -> list[float]:
+    """Centres of runs of adjacent columns with one top and one bottom, wider than the trace."""
+    bars: list[float] = []
+    edge = _SEPARATOR_EDGE_TOLERANCE_MM * px_per_mm
+    min_width = max(2, round(1.2 * line_width_px))
+    k = 0
+    while k < len(extents):
+        if extents[k] is None:
+            k += 1
+            continue
+        end = k
+        while end + 1 < len(extents) and extents[end + 1] is not None:
+            end += 1
+        group = np.array(extents[k : end + 1], dtype=float)
+        # Blur rounds a bar's outer columns: keep the longest stretch that shares the median ends.
+        straight = np.all(np.abs(group - np.median(group, axis=0)) <= edge, axis=1)
+        run_start, run_length = _longest_true_run(straight)
+        if run_length >= min_width:
+            bars.append(first_column + k + run_start + (run_length - 1) / 2)
+        k = end + 1
+    return bars
+
+
+def _longest_true_run(mask: np.ndarray) -> tuple[int, int]:
+    """Start and length of the longest run of True in a boolean vector ((0, 0) if none)."""
+    best = (0, 0)
+    start = None
+    for i, value in enumerate([*mask.tolist(), False]):
+        if value and start is None:
+            start = i
+        elif not value and start is not None:
+            if i - start > best[1]:
+                best = (start, i - start)
+            start = None
+    return best
+
+
+def attach_lead_separators(
+    layout: PageLayout, probability: np.ndarray, traces: Sequence[RowTrace | None]
+) -> PageLayout:
+    """Anchor each strip's time axis at the lead separators printed on it.
+
+    A photographed or curled page stretches time unevenly along a strip, which one scale per page
+    cannot follow; where a printer drew a bar at each lead change (ecg-image-kit does, and many
+    vendors), the bar's column is the exact time of the change. A boundary whose bar was not
+    found on a strip takes the median offset measured at that boundary on the other strips, when
+    at least two found it. Rhythm strips have no boundaries and keep the page's scale.
+
+    Parameters
+    ----------
+    layout : PageLayout
+        The page's layout (strips, starts, panels).
+    probability : (rows, cols) ndarray of float
+        Trace probability of the page.
+    traces : sequence of RowTrace or None
+        The followed trace of each of ``layout.rows``.
+
+    Returns
+    -------
+    PageLayout
+        ``layout`` with ``row_time_knots`` set.
+    """
+    px_per_s = layout.px_per_mm * layout.mm_per_s
+    found_per_row: list[dict[float, float]] = []
+    offsets_s: dict[float, list[float]] = {}
+    for row, (band, trace) in enumerate(zip(layout.rows, traces, strict=True)):
+        boundaries = sorted({start for _, r, start, _ in layout.panels if r == row and start > 0})
+        x_start = layout.row_x_start_px[row]
+        found: dict[float, float] = {}
+        if trace is not None and boundaries:
+            expected = [x_start + t * px_per_s for t in boundaries]
+            tolerance = _SEPARATOR_SEARCH_FRACTION * layout.duration_s * px_per_s
+            bars = find_lead_separators(probability, band, trace, expected, tolerance, layout.px_per_mm)
+            found = {t: x for t, x in zip(boundaries, bars, strict=True) if x is not None}
+            for t, x in found.items():
+                offsets_s.setdefault(t, []).append((x - x_start) / px_per_s - t)
+        found_per_row.append(found)
+    knots: list[tuple[tuple[float, float], ...]] = []
+    for row, found in enumerate(found_per_row):
+        boundaries = {start for _, r, start, _ in layout.panels if r == row and start > 0}
+        x_start = layout.row_x_start_px[row]
+        for t in boundaries - found.keys():
+            if len(offsets_s.get(t, ())) >= 2:
+                found[t] = x_start + (t + float(np.median(offsets_s[t]))) * px_per_s
+        knots.append(tuple((x, t) for t, x in sorted(found.items())))
+    return replace(layout, row_time_knots=tuple(knots))

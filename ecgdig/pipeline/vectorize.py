@@ -25,7 +25,7 @@ from ecgdig.leads import STANDARD_LEADS
 from ecgdig.pipeline.layout import DEFAULT_DURATION_S
 from ecgdig.types import EcgRecord, PageLayout, RowBand, RowTrace
 
-__all__ = ["DEFAULT_FS_HZ", "VectorizedLeads", "follow_trace", "traces_to_record"]
+__all__ = ["DEFAULT_FS_HZ", "VectorizedLeads", "follow_trace", "strip_time_to_x", "traces_to_record"]
 
 DEFAULT_FS_HZ = 500.0
 #: Most runs considered in one column; more means text or noise, and the ones nearest the
@@ -343,7 +343,6 @@ def traces_to_record(
     t = np.arange(n_samples) / fs_hz
     signal = np.full((n_samples, len(STANDARD_LEADS)), np.nan)
     found_fraction: dict[str, float] = {}
-    px_per_s = layout.px_per_mm * layout.mm_per_s
     px_per_mv = layout.px_per_mm * layout.mm_per_mv
     max_gap_px = _MAX_INTERPOLATED_GAP_MM * layout.px_per_mm
     # Longest panels first, so that shorter duplicates only fill in.
@@ -352,7 +351,7 @@ def traces_to_record(
         if trace is None or lead not in STANDARD_LEADS:
             continue
         in_window = (t >= start_s - 1e-9) & (t < end_s - 1e-9)
-        x = layout.row_x_start_px[row] + t[in_window] * px_per_s
+        x = strip_time_to_x(layout, row, t[in_window])
         y = np.interp(x, trace.x_px, trace.y_px)
         col_index = np.round(x).astype(np.int64) - trace.x_first
         inside = (col_index >= 0) & (col_index < trace.found.size)
@@ -384,3 +383,37 @@ def _within_gap(found: np.ndarray, max_gap_px: float) -> np.ndarray:
         if 1 < width <= max_gap_px + 1:
             ok[start : start + width] = True
     return ok
+
+
+def strip_time_to_x(layout: PageLayout, row: int, t_s: np.ndarray) -> np.ndarray:
+    """Map times on a strip to page columns.
+
+    Linear at the page's speed from the strip's start, or, where lead separators anchor the
+    strip (``layout.row_time_knots``), piecewise linear through the start and the separators and
+    at the page's speed beyond the last one.
+
+    Parameters
+    ----------
+    layout : PageLayout
+        The page layout.
+    row : int
+        Strip index.
+    t_s : ndarray of float
+        Times in seconds from the strip's start.
+
+    Returns
+    -------
+    ndarray of float
+        Page columns.
+    """
+    px_per_s = layout.px_per_mm * layout.mm_per_s
+    x_start = layout.row_x_start_px[row]
+    knots = layout.row_time_knots[row] if row < len(layout.row_time_knots) else ()
+    if not knots:
+        return x_start + t_s * px_per_s
+    knot_x = np.array([x_start, *(x for x, _ in knots)])
+    knot_t = np.array([0.0, *(t for _, t in knots)])
+    x = np.interp(t_s, knot_t, knot_x)
+    beyond = t_s > knot_t[-1]
+    x[beyond] = knot_x[-1] + (t_s[beyond] - knot_t[-1]) * px_per_s
+    return x

@@ -17,7 +17,7 @@ from ecgdig.pipeline.layout import (
     rescale_from_layout,
     template_for_row_count,
 )
-from ecgdig.pipeline.vectorize import follow_trace
+from ecgdig.pipeline.vectorize import follow_trace, traces_to_record
 from ecgdig.render import RenderSettings, render_page
 
 
@@ -186,3 +186,57 @@ def test_user_speed_wins_and_sets_the_strip_duration(record) -> None:
     layout = vectorize_probability(probability, page.px_per_mm, options=DigitizeOptions(mm_per_s=50)).layout
     assert (layout.mm_per_s, layout.speed_source) == (50, "user")
     assert layout.duration_s == page.truth["strip_duration_s"]
+
+
+def _ink_page(record, **settings):
+    """A rendered page and its ink (traces, pulses and lead separators) as a probability map."""
+    page = render_page(
+        record,
+        RenderSettings(
+            dpi=200, layout="3x4+1", grid_colour="none", header_text=False, footer_text=False,
+            lead_names=False, **settings,
+        ),
+        rng=0,
+    )  # fmt: skip
+    return page, (page.image.mean(axis=2) < 128).astype(np.float32)
+
+
+@pytest.mark.parametrize("separators", [True, False])
+def test_lead_separators_are_found_where_printed_and_nowhere_else(record, separators: bool) -> None:
+    # Prepare: a page with (or without) a bar at every lead change; QRS complexes lie near several.
+    page, ink = _ink_page(record, lead_separators=separators)
+    layout = vectorize_probability(ink, page.px_per_mm).layout
+
+    # Execute
+    found = [x for row in layout.row_time_knots for x, _ in row]
+
+    # Assert: each printed bar within half a millimetre; no bar invented on a page without them.
+    printed = sorted(x for x, _ in page.truth["lead_separators"])
+    if separators:
+        assert len(found) == len(printed) == 9
+        assert np.max(np.abs(np.sort(found) - printed)) < 0.5 * page.px_per_mm
+    else:
+        assert found == []
+
+
+def test_separators_carry_the_time_axis_through_an_uneven_stretch(record) -> None:
+    # Prepare: a page whose horizontal scale drifts from 5% short on the left to 5% long on the
+    # right (a curled or tilted photo), with its ends in place.
+    page, ink = _ink_page(record, lead_separators=True)
+    width = ink.shape[1]
+    columns = np.arange(width, dtype=float)
+    drifted = columns + 0.05 * columns * (columns - width) / width
+    source_x = np.interp(columns, drifted, columns)
+    warped = np.stack([np.interp(source_x, columns, row) for row in ink])
+    warped = (warped > 0.5).astype(np.float32)
+
+    # Execute
+    read = vectorize_probability(warped, page.px_per_mm)
+    plain = traces_to_record(read.traces, replace(read.layout, row_time_knots=()))
+
+    # Assert: the separators give each lead its own scale; one page-wide scale cannot.
+    def mean_snr(rec) -> float:
+        return float(np.nanmean([s.snr_db for s in score_record(rec, page.reference)]))
+
+    assert any(read.layout.row_time_knots)
+    assert mean_snr(read.record) > mean_snr(plain.record) + 3
