@@ -53,7 +53,7 @@ __all__ = [
 
 #: Length of the signal window a page is cut from, and of its reference record, in seconds.
 WINDOW_S = 10.0
-#: Calibration pulse: 1 mV for 0.2 s, with 0.04 s of baseline before and after.
+#: Calibration pulse: 1 mV for 0.2 s after 0.04 s of baseline; the signal starts where it falls.
 PULSE_HEIGHT_MV = 1.0
 PULSE_WIDTH_S = 0.2
 _PULSE_PAD_S = 0.04
@@ -243,7 +243,7 @@ def page_geometry(settings: RenderSettings, layout: LayoutTemplate) -> PageGeome
     ppm = settings.px_per_mm
     w_mm, h_mm = _page_size_mm(settings)
     width_px, height_px = round(w_mm * ppm), round(h_mm * ppm)
-    pulse_mm = (PULSE_WIDTH_S + 2 * _PULSE_PAD_S) * settings.mm_per_s if settings.calibration_pulse else 0.0
+    pulse_mm = (_PULSE_PAD_S + PULSE_WIDTH_S) * settings.mm_per_s if settings.calibration_pulse else 0.0
     row_x0_mm = settings.margin_left_mm + pulse_mm
     printable_s = (w_mm - row_x0_mm - settings.margin_right_mm) / settings.mm_per_s
     duration_s = min(WINDOW_S, math.floor(printable_s * 2.0 + 1e-9) / 2.0)
@@ -356,10 +356,13 @@ def _signal_lookup(record: EcgRecord) -> dict[str, np.ndarray]:
 
 
 def _pulse_points(pulse_x0: float, baseline_y: float, settings: RenderSettings) -> np.ndarray:
-    """Vertices of the calibration pulse before a row: baseline, 1 mV for 0.2 s, baseline."""
-    rise, fall, end = _PULSE_PAD_S, _PULSE_PAD_S + PULSE_WIDTH_S, PULSE_WIDTH_S + 2 * _PULSE_PAD_S
-    ts = np.array([0.0, rise, rise, fall, fall, end])
-    vs = np.array([0.0, 0.0, PULSE_HEIGHT_MV, PULSE_HEIGHT_MV, 0.0, 0.0])
+    """Vertices of the calibration pulse before a row: baseline, 1 mV for 0.2 s, back down.
+
+    The signal starts where the pulse falls, as ecg-image-kit and printers draw it.
+    """
+    rise, fall = _PULSE_PAD_S, _PULSE_PAD_S + PULSE_WIDTH_S
+    ts = np.array([0.0, rise, rise, fall, fall])
+    vs = np.array([0.0, 0.0, PULSE_HEIGHT_MV, PULSE_HEIGHT_MV, 0.0])
     ppm = settings.px_per_mm
     return np.stack([pulse_x0 + ts * settings.mm_per_s * ppm, baseline_y - vs * settings.mm_per_mv * ppm], 1)
 

@@ -205,7 +205,7 @@ def test_pulse_and_separators_do_not_move_the_time_axis(record):
         record, dataclasses.replace(FAST, calibration_pulse=True, lead_separators=True), rng=7
     )
     shift = pulsed.truth["row_x0_px"] - plain.truth["row_x0_px"]
-    assert shift == pytest.approx(0.28 * 25 * FAST.px_per_mm)
+    assert shift == pytest.approx(0.24 * 25 * FAST.px_per_mm)
     for a, b in zip(plain.lead_boxes, pulsed.lead_boxes, strict=True):
         assert b.x0 - a.x0 == pytest.approx(shift)
     np.testing.assert_array_equal(plain.reference.signal_mv, pulsed.reference.signal_mv)
