@@ -43,6 +43,8 @@ DEFAULT_MM_PER_S = 25.0
 DEFAULT_MM_PER_MV = 10.0
 DEFAULT_DURATION_S = 10.0
 STANDARD_GAINS_MM_PER_MV = (5.0, 10.0, 20.0)
+#: Relative precision of a scale read from the calibration pulse's height.
+_PULSE_SCALE_PRECISION = 0.04
 #: Paper speeds the calibration pulse can reveal (the default first).
 STANDARD_SPEEDS_MM_PER_S = (25.0, 50.0)
 #: The calibration pulse lasts 0.2 s (IEC 60601-2-25; ecg-image-kit and the vendors we have seen):
@@ -451,7 +453,10 @@ def rescale_from_layout(layout: PageLayout) -> tuple[float, str] | None:
         height_px = float(np.median([p.height_px for p in layout.pulses]))
         gain = _snap_gain(height_px / layout.px_per_mm)
         candidate = height_px / gain
-        if gain in STANDARD_GAINS_MM_PER_MV and _plausible_rescale(candidate, layout.px_per_mm):
+        # A pulse is 40-160 px tall and its top and baseline are each read to a pixel or so: a
+        # smaller disagreement with the (doubtful) grid is within its own error.
+        disagrees = abs(candidate / layout.px_per_mm - 1) > _PULSE_SCALE_PRECISION
+        if gain in STANDARD_GAINS_MM_PER_MV and disagrees and _plausible_rescale(candidate, layout.px_per_mm):
             return candidate, f"the calibration pulse ({gain:g} mm = 1 mV)"
     return None
 

@@ -118,6 +118,16 @@ def test_doubtful_scale_is_rederived_from_strips_then_pulse(
     assert px_per_mm == pytest.approx(PX_PER_MM, rel=tolerance)
 
 
+def test_a_pulse_within_its_own_precision_of_the_grid_leaves_the_grid_scale() -> None:
+    # The grid read 1% coarse (doubtful) and the strips are clipped: the pulse is the only cue,
+    # and a pulse height is not read to better than about 4%.
+    layout = _pulsed_layout_at(PX_PER_MM * 1.01)
+    clipped = tuple(
+        s + 0.2 * (e - s) for s, e in zip(layout.row_x_start_px, layout.row_x_end_px, strict=True)
+    )
+    assert rescale_from_layout(replace(layout, row_x_end_px=clipped)) is None
+
+
 def test_no_rescale_when_no_cue_is_plausible() -> None:
     layout = _pulsed_layout_at(PX_PER_MM)
     hopeless = replace(layout, row_x_end_px=tuple(s + 10.0 for s in layout.row_x_start_px), pulses=())
