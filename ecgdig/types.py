@@ -285,3 +285,7 @@ class PageLayout:
     duration_source: str = "default"
     row_time_knots: tuple[tuple[tuple[float, float], ...], ...] = ()
     warnings: tuple[str, ...] = ()
+
+    def time_knots(self, row: int) -> tuple[tuple[float, float], ...]:
+        """Return strip ``row``'s ``(x_px, t_s)`` separator knots (empty if it has none)."""
+        return self.row_time_knots[row] if row < len(self.row_time_knots) else ()

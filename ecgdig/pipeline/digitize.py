@@ -423,10 +423,7 @@ def sidecar(result: DigitizationResult, *, source: Path | None = None) -> dict[s
                 "baseline_px": round(band.baseline_px, 1),
                 "x_start_px": round(x0, 1),
                 "x_end_px": round(x1, 1),
-                "time_knots": [
-                    {"x_px": round(x, 1), "t_s": round(t, 4)}
-                    for x, t in (layout.row_time_knots[i] if i < len(layout.row_time_knots) else ())
-                ],
+                "time_knots": [{"x_px": round(x, 1), "t_s": round(t, 4)} for x, t in layout.time_knots(i)],
             }
             for i, (band, x0, x1) in enumerate(
                 zip(layout.rows, layout.row_x_start_px, layout.row_x_end_px, strict=True)

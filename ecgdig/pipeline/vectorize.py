@@ -393,7 +393,7 @@ def _trace_height(trace: RowTrace, layout: PageLayout, row: int, x: np.ndarray) 
     The followed trace climbs a bar where it crosses one; those points are the bar, not the
     signal (on the real photos bridging them scored +0.2 dB).
     """
-    knots = layout.row_time_knots[row] if row < len(layout.row_time_knots) else ()
+    knots = layout.time_knots(row)
     keep = np.ones(trace.x_px.size, dtype=bool)
     for knot_x, _ in knots:
         keep &= np.abs(trace.x_px - knot_x) > _SEPARATOR_BRIDGE_MM * layout.px_per_mm
@@ -425,7 +425,7 @@ def strip_time_to_x(layout: PageLayout, row: int, t_s: np.ndarray) -> np.ndarray
     """
     px_per_s = layout.px_per_mm * layout.mm_per_s
     x_start = layout.row_x_start_px[row]
-    knots = layout.row_time_knots[row] if row < len(layout.row_time_knots) else ()
+    knots = layout.time_knots(row)
     if not knots:
         return x_start + t_s * px_per_s
     knot_x = np.array([x_start, *(x for x, _ in knots)])
