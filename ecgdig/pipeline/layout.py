@@ -616,8 +616,12 @@ def attach_lead_separators(
     px_per_s = layout.px_per_mm * layout.mm_per_s
     found_per_row: list[dict[float, float]] = []
     offsets_s: dict[float, list[float]] = {}
-    for row, (band, trace) in enumerate(zip(layout.rows, traces, strict=True)):
-        boundaries = sorted({start for _, r, start, _ in layout.panels if r == row and start > 0})
+    boundaries_per_row = [
+        sorted({start for _, r, start, _ in layout.panels if r == row and start > 0})
+        for row in range(len(layout.rows))
+    ]
+    strips = zip(layout.rows, traces, boundaries_per_row, strict=True)
+    for row, (band, trace, boundaries) in enumerate(strips):
         x_start = layout.row_x_start_px[row]
         found: dict[float, float] = {}
         if trace is not None and boundaries:
@@ -629,10 +633,9 @@ def attach_lead_separators(
                 offsets_s.setdefault(t, []).append((x - x_start) / px_per_s - t)
         found_per_row.append(found)
     knots: list[tuple[tuple[float, float], ...]] = []
-    for row, found in enumerate(found_per_row):
-        boundaries = {start for _, r, start, _ in layout.panels if r == row and start > 0}
+    for row, (found, boundaries) in enumerate(zip(found_per_row, boundaries_per_row, strict=True)):
         x_start = layout.row_x_start_px[row]
-        for t in boundaries - found.keys():
+        for t in set(boundaries) - found.keys():
             if len(offsets_s.get(t, ())) >= 2:
                 found[t] = x_start + (t + float(np.median(offsets_s[t]))) * px_per_s
         knots.append(tuple((x, t) for t, x in sorted(found.items())))
