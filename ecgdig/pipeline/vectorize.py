@@ -251,20 +251,36 @@ class _RowRuns:
     A column samples a steep stroke badly: its run spans everything the pen drew during the column's
     time, so the run's centroid is the column-centre value only where the stroke is straight. A row
     crosses the stroke once, and the centre of that horizontal run is where the pen was when it
-    passed the row's level, to a fraction of a pixel where the probability is graded.
+    passed the row's level, to a fraction of a pixel where the probability is graded. Near a peak
+    both flanks share a row's run; the flank nearer the column is then one stroke in from the
+    run's end (on the clean pages, reading those rows too took the exact masks from 17.4 to 18.2 dB).
     """
 
     def __init__(self, mask: np.ndarray, probability: np.ndarray, line_width: float) -> None:
         self._mask = mask
         self._probability = probability
-        #: Widest run (px) read: wider ones join the stroke to its other flank near a peak, or to other ink.
+        self._line_width = line_width
+        #: Widest run (px) that is one stroke.
         self.max_width = line_width + _STEEP_ROW_SLACK_PX
-        self._reach = int(np.ceil(self.max_width))
+        # Near a peak a row's run joins both flanks: up to two strokes and the gap between them.
+        self._reach = int(np.ceil(2 * self.max_width + 1))
 
-    def centres(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return, per (row, column) on the trace, whether its run is narrow and the run's centre.
+    def centres(self, rows: np.ndarray, cols: np.ndarray, *, flanks: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Return, per (row, column) on the trace, whether the row reads one stroke, and its centre.
 
-        The centre is probability-weighted; it is meaningful only where the run is narrow.
+        Parameters
+        ----------
+        rows, cols : ndarray of int
+            Points on the trace, in band coordinates.
+        flanks : bool
+            Also read rows whose run joins two flanks of a peak (at most two strokes wide): their
+            centre is then that of the flank nearer the column, one stroke in from the run's end.
+
+        Returns
+        -------
+        usable : ndarray of bool
+        centre : ndarray of float
+            Probability-weighted centre of a one-stroke run, or the near flank's centre.
         """
         offsets = np.arange(-self._reach, self._reach + 1)
         win_cols = cols[:, None] + offsets
@@ -277,11 +293,20 @@ class _RowRuns:
         in_run = np.hstack([left[:, :-1], right])
         width = in_run.sum(axis=1)
         closed = ~in_run[:, 0] & ~in_run[:, -1]
-        narrow = closed & (width <= self.max_width)
+        one_stroke = closed & (width <= self.max_width)
         weight = np.where(in_run, self._probability[rows[:, None], win_cols], 0.0).astype(np.float64)
         mass = weight.sum(axis=1)
         centre = cols + (weight @ offsets.astype(np.float64)) / np.maximum(mass, 1e-12)
-        return narrow & (mass > 0), centre
+        usable = one_stroke & (mass > 0)
+        if flanks:
+            two_strokes = closed & ~one_stroke & (width <= 2 * self.max_width + 1)
+            first = cols - self._reach + np.argmax(in_run, axis=1)
+            inset = (self._line_width - 1) / 2.0
+            left_flank, right_flank = first + inset, first + width - 1 - inset
+            near = np.where(np.abs(left_flank - cols) <= np.abs(right_flank - cols), left_flank, right_flank)
+            centre = np.where(two_strokes, near, centre)
+            usable |= two_strokes
+        return usable, centre
 
     def apex_x(self, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Return where each peak's apex lies within its column: the centre of the ink at its row.
@@ -289,8 +314,8 @@ class _RowRuns:
         The apex of an R wave is rarely at a column's centre; placing the peak value there shifts it
         by up to half a column, a large error on the steep flanks around it.
         """
-        narrow, centre = self.centres(rows, cols)
-        centre = np.where(narrow, centre, cols)
+        usable, centre = self.centres(rows, cols, flanks=False)
+        centre = np.where(usable, centre, cols)
         return np.clip(centre, cols - _APEX_SHIFT_LIMIT_PX, cols + _APEX_SHIFT_LIMIT_PX)
 
     def steep_crossings(
@@ -317,11 +342,11 @@ class _RowRuns:
         owner = np.repeat(np.arange(cols.size), heights)
         starts = np.cumsum(heights) - heights
         rows = (np.arange(owner.size) - starts[owner] + top[owner]).astype(np.int64)
-        narrow, centre = self.centres(rows, cols[owner].astype(np.int64))
+        usable, centre = self.centres(rows, cols[owner].astype(np.int64), flanks=True)
         offset = centre - cols[owner]
         for k in range(cols.size):
             sl = slice(starts[k], starts[k] + heights[k])
-            clean = narrow[sl]
+            clean = usable[sl]
             if np.count_nonzero(clean) < 2:
                 continue
             found = _zero_crossing(rows[sl][clean].astype(np.float64), offset[sl][clean], out[k])
