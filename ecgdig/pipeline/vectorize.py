@@ -43,6 +43,9 @@ _SEPARATOR_BRIDGE_MM = 0.5
 #: A row of a steep stroke is read only where its horizontal run is at most this much (px) wider
 #: than the stroke (measured: a slack of twice the width loses 1.4 dB on the clean pages).
 _STEEP_ROW_SLACK_PX = 1.0
+#: A tall run between flat columns at most this many stroke widths (+2 px) apart can be another
+#: strip's stroke crossing ours; a longer tall stretch is our own QRS.
+_CROSSING_MAX_COLUMNS_PER_WIDTH = 2.0
 #: Farthest (px) a peak's apex is moved from its column's centre towards the ink's centre.
 _APEX_SHIFT_LIMIT_PX = 0.45
 
@@ -433,7 +436,7 @@ def _column_polyline(
 
     # A stroke of another strip crossing ours merges with our trace into one tall run. Our own
     # strokes start or end where our trace was; a crossing one passes through it, so the nearest
-    # flat points on both sides lie well inside the run.
+    # flat points on both sides lie well inside the run, and close by.
     index = np.arange(n)
     flat = ~tall
     left = np.maximum.accumulate(np.where(flat, index, -1))
@@ -448,7 +451,14 @@ def _column_polyline(
     # A tall run cut by the band edge comes from beyond the strip: a neighbour's stroke (our own
     # peaks stay inside the band, which reaches three quarters of the way to the next strip).
     touches_edge = (top <= 0) | (bottom >= band_rows - 1)
-    crossing = (has_both & inside_left & inside_right) | (tall & touches_edge)
+    # A foreign stroke crosses our trace within a few columns, between flat stretches; our own QRS
+    # is tall for longer (its flanks, R and S), and its R-to-S flank passes the baseline too. Without
+    # this bound the S waves of the clean pages were dropped (U-Net maps 16.6 -> 17.6 dB with it).
+    brief = (
+        cols[np.clip(right, 0, n - 1)] - cols[np.clip(left, 0, n - 1)]
+        <= _CROSSING_MAX_COLUMNS_PER_WIDTH * line_width + 2
+    )
+    crossing = (has_both & brief & inside_left & inside_right) | (tall & touches_edge)
     keep = ~crossing
     return x[keep], y[keep]
 

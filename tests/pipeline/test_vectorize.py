@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from synthetic import PX_PER_MM, draw_strips, ecg_like
@@ -98,3 +99,30 @@ def test_steep_qrs_flanks_and_apexes_are_read_between_columns(record, dpi: int) 
     # value per column centre (the run's centroid, the apex at the centre) 16.1-16.7 dB.
     snr = np.mean([s.snr_db for s in score_record(vectorized.record, page.reference)])
     assert snr > 20.0
+
+
+def test_s_waves_below_the_baseline_are_kept_on_a_thick_trace() -> None:
+    # Prepare: R waves of 1.2 mV, each followed by an S wave 0.2 mV below the baseline, drawn as
+    # thick as the U-Net paints a 200 dpi trace (3-5 px): the columns around the S trough are all
+    # tall, and the R-to-S flank passes the baseline, as another strip's crossing stroke would.
+    fs = 500.0
+    t = np.arange(5000) / fs
+    beats = np.arange(0.5, 10.0, 0.8)
+    signal = np.zeros_like(t)
+    for beat in beats:
+        signal += 1.2 * np.exp(-0.5 * ((t - beat) / 0.01) ** 2)
+        signal -= 0.2 * np.exp(-0.5 * ((t - beat - 0.03) / 0.008) ** 2)
+    prob, baselines, x_start = draw_strips([signal], fs)
+    prob = cv2.dilate(prob, np.ones((3, 3), np.uint8))
+
+    # Execute
+    rows = find_rows(prob, PX_PER_MM)
+    trace = follow_trace(prob, rows[0], PX_PER_MM)
+
+    # Assert: every S trough within 0.06 mV of its depth (0.11 mV off when the trough's columns
+    # were taken for a crossing stroke and dropped).
+    assert trace is not None
+    mv = (baselines[0] - np.interp(x_start + t * 25 * PX_PER_MM, trace.x_px, trace.y_px)) / (10 * PX_PER_MM)
+    for beat in beats:
+        window = (t > beat + 0.01) & (t < beat + 0.06)
+        assert abs(mv[window].min() - signal[window].min()) < 0.06
