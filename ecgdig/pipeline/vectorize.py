@@ -397,7 +397,7 @@ def _column_polyline(
     centroid: np.ndarray,
     line_width: float,
     band_rows: int,
-    row_runs: _RowRuns | None = None,
+    row_runs: _RowRuns,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Turn chosen runs into one point per column that keeps peaks.
 
@@ -407,8 +407,8 @@ def _column_polyline(
     that end, pulled in by half a stroke width, replaces the centroid, and ``row_runs`` places the
     apex within the column. On other tall runs (steep flanks) ``row_runs`` replaces the centroid by
     the row where the stroke's centre line crosses the column. Columns whose run is shared
-    with a stroke crossing the strip (both ends far from the neighbours) are dropped and left to
-    interpolation.
+    with another strip's stroke crossing ours (both ends far from the neighbours, for a few columns
+    only) are dropped and left to interpolation.
     """
     half = line_width / 2.0
     y = centroid.astype(np.float64).copy()
@@ -428,11 +428,10 @@ def _column_polyline(
     y[use_up] = top[use_up] + half
     y[use_down] = bottom[use_down] - half
     x = cols.astype(np.float64)
-    if row_runs is not None:
-        steep = np.nonzero(tall & ~use_up & ~use_down)[0]
-        y[steep] = row_runs.steep_crossings(cols[steep], top[steep], bottom[steep], y[steep])
-        peaks = np.nonzero(use_up | use_down)[0]
-        x[peaks] = row_runs.apex_x(cols[peaks], np.round(y[peaks]).astype(np.int64))
+    steep = np.nonzero(tall & ~use_up & ~use_down)[0]
+    y[steep] = row_runs.steep_crossings(cols[steep], top[steep], bottom[steep], y[steep])
+    peaks = np.nonzero(use_up | use_down)[0]
+    x[peaks] = row_runs.apex_x(cols[peaks], np.round(y[peaks]).astype(np.int64))
 
     # A stroke of another strip crossing ours merges with our trace into one tall run. Our own
     # strokes start or end where our trace was; a crossing one passes through it, so the nearest
