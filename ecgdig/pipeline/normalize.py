@@ -664,8 +664,9 @@ def _grid_displacement(
     each, the median profile across the vertical lines (and, separately, the horizontal ones: a
     median ignores traces and text, which cross few of a tile's rows) is projected on the comb
     ``exp(-2 pi i x / period)`` in page coordinates. Its phase is the lines' offset from the comb,
-    modulo a period. The phasors are smoothed over neighbouring tiles (which also fills tiles
-    without grid), the phase is unwrapped from the most coherent tile outwards (quality-guided),
+    modulo a period. The phasors are smoothed over neighbouring tiles, the phase is unwrapped from
+    the most coherent tile outwards through coherent tiles (quality-guided), tiles that disagree
+    with their neighbours or with a robust cubic surface through all tiles are re-read from it,
     and the offsets, less their median, are interpolated to every pixel. Returns None when the
     lines are already within ``_DEWARP_MIN_PX`` of the comb everywhere or too few tiles hold a grid.
     """
@@ -711,6 +712,14 @@ def _grid_displacement(
         reached &= np.abs(shift - local) < _DEWARP_MAX_JUMP_PERIODS * period
         if reached.sum() < _DEWARP_MIN_TILES:
             return None
+        # A whole region can be off together (a shadow's edge read as a line, an unwrapping slip
+        # through a gap), which no neighbour test sees: compare every tile with a smooth surface
+        # through all of them, re-wrap it to the surface and drop it if still a quarter period off.
+        surface = _robust_surface(shift, reached, period)
+        shift = np.where(reached, shift + period * np.round((surface - shift) / period), shift)
+        reached &= np.abs(shift - surface) < _DEWARP_MAX_JUMP_PERIODS * period
+        if reached.sum() < _DEWARP_MIN_TILES:
+            return None
         shift -= np.median(shift[reached])
         maps.append(_fill_from(shift, reached))
         good = good & reached
@@ -721,6 +730,30 @@ def _grid_displacement(
         full = cv2.resize(shift.astype(np.float32), (nx * tile, ny * tile), interpolation=cv2.INTER_LINEAR)
         dense.append(cv2.copyMakeBorder(full, 0, rows - ny * tile, 0, cols - nx * tile, cv2.BORDER_REPLICATE))
     return dense[0], dense[1]
+
+
+def _robust_surface(values: np.ndarray, known: np.ndarray, period: float) -> np.ndarray:
+    """Cubic surface over the tile grid fitted to ``values`` where ``known``, outliers down-weighted.
+
+    Iteratively reweighted: tiles further than a quarter period (or three robust deviations)
+    from the fit are left out of the next fit.
+    """
+    ny, nx = values.shape
+    v, u = np.mgrid[0:ny, 0:nx]
+    u = (u - (nx - 1) / 2.0) / max(nx, 1)
+    v = (v - (ny - 1) / 2.0) / max(ny, 1)
+    basis = np.stack([u**a * v**b for a in range(4) for b in range(4 - a)], axis=-1)  # (ny, nx, 10)
+    inlier = known.copy()
+    fit = np.zeros_like(values)
+    for _ in range(4):
+        if inlier.sum() < basis.shape[-1] + 2:
+            break
+        coef, *_ = np.linalg.lstsq(basis[inlier], values[inlier], rcond=None)
+        fit = basis @ coef
+        residual = np.abs(values - fit)
+        spread = 1.4826 * float(np.median(residual[inlier]))
+        inlier = known & (residual < max(_DEWARP_MAX_JUMP_PERIODS * period, 3.0 * spread))
+    return fit
 
 
 def _nan_median_3x3(values: np.ndarray) -> np.ndarray:
