@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from scipy.ndimage import uniform_filter1d
+from scipy.ndimage import binary_closing, uniform_filter1d
 from scipy.signal import find_peaks
 
 from ecgdig.errors import DigitizationError
@@ -470,6 +470,8 @@ def _plausible_rescale(candidate: float, current: float) -> bool:
 _SEPARATOR_MIN_HALF_MM = 1.5
 _SEPARATOR_MAX_HALF_MM = 6.0
 _SEPARATOR_EDGE_TOLERANCE_MM = 0.25
+#: Vertical closing of the ink mask before the bars' columns are read (gaps of up to 2 px bridged).
+_BAR_GAP_CLOSING = np.ones((3, 1), dtype=bool)
 #: A bar is looked for this fraction of the strip's length either side of its uniform-scale place
 #: (the real photos are stretched up to 3-4% locally).
 _SEPARATOR_SEARCH_FRACTION = 0.04
@@ -523,6 +525,9 @@ def find_lead_separators(
         level = float(np.median(trace.y_px[near])) if np.any(near) else band.baseline_px
         top = max(0, round(level) - reach)
         ink = probability[top : min(height, round(level) + reach + 1)] >= threshold
+        # On photos the map has one-pixel holes in a bar where the trace crosses it or the print is
+        # faint; closing them vertically keeps the bar's columns whole (photos 7.69 -> 7.72 dB).
+        ink = binary_closing(ink, structure=_BAR_GAP_CLOSING)
         c0 = max(0, int(expected - tolerance_px))
         c1 = min(width, int(expected + tolerance_px) + 1)
         extents = [_run_through_baseline(ink[:, c], level - top, px_per_mm) for c in range(c0, c1)]
@@ -596,8 +601,11 @@ def attach_lead_separators(
     A photographed or curled page stretches time unevenly along a strip, which one scale per page
     cannot follow; where a printer drew a bar at each lead change (ecg-image-kit does, and many
     vendors), the bar's column is the exact time of the change. A boundary whose bar was not
-    found on a strip takes the median offset measured at that boundary on the other strips, when
-    at least two found it. Rhythm strips have no boundaries and keep the page's scale.
+    found on a strip takes the median column of the bars found at that boundary on the other
+    strips: on a rectified page one boundary is one vertical line, while the strips' starts (the
+    calibration pulses' ends) scatter by a few pixels, so an offset from the strip's own start
+    carried that scatter into the time axis (real photos 7.19 -> 7.69 dB, with one strip enough
+    to place a boundary). Rhythm strips have no boundaries and keep the page's scale.
 
     Parameters
     ----------
@@ -615,7 +623,7 @@ def attach_lead_separators(
     """
     px_per_s = layout.px_per_mm * layout.mm_per_s
     found_per_row: list[dict[float, float]] = []
-    offsets_s: dict[float, list[float]] = {}
+    columns_px: dict[float, list[float]] = {}
     boundaries_per_row = [
         sorted({start for _, r, start, _ in layout.panels if r == row and start > 0})
         for row in range(len(layout.rows))
@@ -630,13 +638,12 @@ def attach_lead_separators(
             bars = find_lead_separators(probability, band, trace, expected, tolerance, layout.px_per_mm)
             found = {t: x for t, x in zip(boundaries, bars, strict=True) if x is not None}
             for t, x in found.items():
-                offsets_s.setdefault(t, []).append((x - x_start) / px_per_s - t)
+                columns_px.setdefault(t, []).append(x)
         found_per_row.append(found)
     knots: list[tuple[tuple[float, float], ...]] = []
-    for row, (found, boundaries) in enumerate(zip(found_per_row, boundaries_per_row, strict=True)):
-        x_start = layout.row_x_start_px[row]
+    for found, boundaries in zip(found_per_row, boundaries_per_row, strict=True):
         for t in set(boundaries) - found.keys():
-            if len(offsets_s.get(t, ())) >= 2:
-                found[t] = x_start + (t + float(np.median(offsets_s[t]))) * px_per_s
+            if t in columns_px:
+                found[t] = float(np.median(columns_px[t]))
         knots.append(tuple((x, t) for t, x in sorted(found.items())))
     return replace(layout, row_time_knots=tuple(knots))

@@ -11,6 +11,8 @@ from ecgdig.leads import limb_lead_inconsistency
 from ecgdig.metrics import score_record
 from ecgdig.pipeline.digitize import DigitizeOptions, vectorize_probability
 from ecgdig.pipeline.layout import (
+    attach_lead_separators,
+    find_lead_separators,
     find_rows,
     infer_layout,
     layouts_for_row_count,
@@ -269,6 +271,54 @@ def test_separators_carry_the_time_axis_through_an_uneven_stretch(record) -> Non
 
     assert any(read.layout.row_time_knots)
     assert mean_snr(read.record) > mean_snr(plain.record) + 3
+
+
+def test_a_bar_with_holes_is_still_a_bar(record) -> None:
+    # Prepare: every bar gets one-pixel gaps 1 mm above and below the pen's level, as photos do
+    # where the trace crosses a bar or the print is faint.
+    page, ink = _ink_page(record, lead_separators=True)
+    read = vectorize_probability(ink, page.px_per_mm)
+    half_width = round(0.6 * page.px_per_mm)
+    for x, y in page.truth["lead_separators"]:
+        for dy in (-page.px_per_mm, page.px_per_mm):
+            ink[round(y + dy), round(x) - half_width : round(x) + half_width + 1] = 0
+
+    # Execute
+    found = []
+    for row, (band, trace) in enumerate(zip(read.layout.rows, read.traces, strict=True)):
+        expected = [x for x, _ in read.layout.row_time_knots[row]]
+        found += find_lead_separators(ink, band, trace, expected, 4 * page.px_per_mm, page.px_per_mm)
+
+    # Assert: all nine, each where it is printed.
+    printed = sorted(x for x, _ in page.truth["lead_separators"])
+    assert None not in found and len(found) == 9
+    assert np.max(np.abs(np.sort(found) - printed)) < 0.5 * page.px_per_mm
+
+
+def test_a_strip_missing_a_bar_takes_the_column_of_the_others(record) -> None:
+    # Prepare: the 5 s bar of the middle strip is erased, and that strip's start (its pulse's end,
+    # which photos scatter by a few pixels) is read 1.5 mm late.
+    page, ink = _ink_page(record, lead_separators=True)
+    read = vectorize_probability(ink, page.px_per_mm)
+    layout, traces = read.layout, read.traces
+    bar_x = dict((t, x) for x, t in layout.row_time_knots[1])[5.0]
+    band = layout.rows[1]
+    half_width = round(0.6 * page.px_per_mm)
+    reach = round(7 * page.px_per_mm)
+    rows = slice(round(band.baseline_px) - reach, round(band.baseline_px) + reach)
+    ink[rows, round(bar_x) - half_width : round(bar_x) + half_width + 1] = 0
+    starts = list(layout.row_x_start_px)
+    starts[1] += 1.5 * page.px_per_mm
+    late_start = replace(layout, row_x_start_px=tuple(starts), row_time_knots=())
+
+    # Execute
+    knots = attach_lead_separators(late_start, ink, traces).row_time_knots
+
+    # Assert: the boundary sits where the other strips' bars are, not 1.5 mm late with the start.
+    filled = dict((t, x) for x, t in knots[1])[5.0]
+    others = [dict((t, x) for x, t in knots[row])[5.0] for row in (0, 2)]
+    assert abs(filled - float(np.median(others))) < 0.25 * page.px_per_mm
+    assert abs(filled - bar_x) < 0.5 * page.px_per_mm
 
 
 def test_the_signal_is_bridged_over_separator_bars(record) -> None:
