@@ -17,6 +17,7 @@ import pytest
 from ecgdig.errors import ImageInputError
 from ecgdig.pipeline.normalize import (
     ASSUMED_CONFIDENCE,
+    _compose_displacements,
     estimate_grid_px_per_mm,
     flatten_illumination,
     measure_grid,
@@ -224,6 +225,26 @@ def test_a_curled_photo_is_straightened_along_its_grid() -> None:
     assert again.local_spread < 0.005, again
     assert _rel_err(again.px_per_mm_x, 8.0) < 0.005, again
     assert any("straightened locally" in w for w in out.warnings)
+
+
+def test_two_dewarp_rounds_compose_into_one_resampling() -> None:
+    # Prepare: a smooth texture and two smooth displacement fields, as two dewarp rounds give.
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (200, 300)).astype(np.float32), (0, 0), 4.0)
+    yy, xx = np.mgrid[0:200, 0:300].astype(np.float32)
+    first = (6.0 * np.sin(xx / 40.0), 4.0 * np.cos(yy / 30.0))
+    then = (3.0 * np.cos(yy / 25.0 + xx / 60.0), 2.0 * np.sin(xx / 35.0))
+
+    def resample(image: np.ndarray, field: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        return cv2.remap(image, xx + field[0], yy + field[1], cv2.INTER_CUBIC)
+
+    # Execute
+    in_turn = resample(resample(texture, first), then)
+    at_once = resample(texture, _compose_displacements(first, then))
+
+    # Assert: one resampling through the composed field gives what the two rounds give in turn.
+    inner = (slice(20, -20), slice(20, -20))
+    assert np.max(np.abs(in_turn[inner] - at_once[inner])) < 0.02 * np.ptp(texture)
 
 
 def test_a_gridless_photo_is_rectified_from_the_sheet_corners() -> None:
