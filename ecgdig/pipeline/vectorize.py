@@ -36,6 +36,9 @@ _MAX_RUNS_PER_COLUMN = 8
 _SEGMENT_GAP_MM = 1.5
 #: Shortest trace segment (mm) kept when deciding where a strip starts and ends.
 _MIN_SEGMENT_MM = 8.0
+#: A piece of the path between gaps whose centre stays within this (mm) is a ruled line, not a
+#: trace (phone page 21818: a panel's frame, read as a fifth strip, -4.3 -> 7.7 dB).
+_RULED_MAX_SPREAD_MM = 0.25
 #: Gaps in the followed trace up to this width (mm) are interpolated; wider ones become NaN.
 _MAX_INTERPOLATED_GAP_MM = 4.0
 #: Trace points this close (mm) to a lead-separator bar are the bar's ink and are bridged over.
@@ -377,7 +380,7 @@ def _zero_crossing(r: np.ndarray, d: np.ndarray, near: float) -> float | None:
 
 
 def _main_segments(cols: np.ndarray, top: np.ndarray, bottom: np.ndarray, px_per_mm: float) -> np.ndarray:
-    """Keep the stretches of the path that look like a trace, dropping short isolated marks."""
+    """Keep the stretches of the path that look like a trace: not short marks, not ruled pieces."""
     max_gap = max(2, round(_SEGMENT_GAP_MM * px_per_mm))
     breaks = np.nonzero(np.diff(cols) > max_gap)[0]
     starts = np.concatenate([[0], breaks + 1])
@@ -387,6 +390,13 @@ def _main_segments(cols: np.ndarray, top: np.ndarray, bottom: np.ndarray, px_per
     for s, e in zip(starts, ends, strict=True):
         if cols[e - 1] - cols[s] + 1 >= min_len:
             keep[s:e] = True
+    # A ruled line (a panel's frame, a grid line the segmenter marked) is dead straight; a trace
+    # piece of 8 mm or more between gaps is not. The first and last pieces stay: they set where
+    # the strip starts and ends, and a flat lead's only piece is its whole signal.
+    kept = [(s, e) for s, e in zip(starts, ends, strict=True) if keep[s]]
+    for s, e in kept[1:-1]:
+        if np.ptp(top[s:e] + bottom[s:e]) / 2.0 <= _RULED_MAX_SPREAD_MM * px_per_mm:
+            keep[s:e] = False
     return keep
 
 

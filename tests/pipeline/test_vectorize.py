@@ -126,3 +126,23 @@ def test_s_waves_below_the_baseline_are_kept_on_a_thick_trace() -> None:
     for beat in beats:
         window = (t > beat + 0.01) & (t < beat + 0.06)
         assert abs(mv[window].min() - signal[window].min()) < 0.06
+
+
+def test_a_dashed_ruled_line_is_not_followed_but_a_broken_trace_is() -> None:
+    # Prepare: one strip of ECG whose print breaks every 20 mm for 2 mm (a faded photo), and one
+    # straight line broken the same way (a panel's frame or a grid line marked as trace).
+    fs = 500.0
+    prob, _, x_start = draw_strips([ecg_like(fs, 10.0, seed=3), np.zeros(5000)], fs)
+    x = np.arange(prob.shape[1])
+    gaps = ((x - x_start) % (22 * PX_PER_MM)) >= 20 * PX_PER_MM
+    prob[:, gaps] = 0.0
+    rows = find_rows(prob, PX_PER_MM)
+
+    # Execute
+    trace, ruled = (follow_trace(prob, band, PX_PER_MM) for band in rows)
+
+    # Assert: the broken trace keeps its pieces; of the ruled line only its two ends are left.
+    assert len(rows) == 2
+    assert trace is not None and ruled is not None
+    assert np.mean(trace.found) > 0.85
+    assert np.mean(ruled.found) < 0.25
