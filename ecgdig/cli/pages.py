@@ -288,6 +288,13 @@ def train(
             "--snr-records", min=0, help="Held-out records digitized after training for the validation SNR."
         ),
     ] = 4,
+    device: Annotated[
+        str, typer.Option("--device", help="Where the steps run: cpu, or a CUDA GPU (cuda, cuda:1).")
+    ] = "cpu",
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=0, help="Processes rendering pages in parallel (0: none); same crops."),
+    ] = 0,
 ) -> None:
     """Train the U-Net trace segmenter on pages rendered on the fly (or read from a folder).
 
@@ -303,7 +310,7 @@ def train(
             run = train_to_file(
                 inputs, output, profiles=profile or ("scanner", "phone"), steps=steps,
                 batch_size=batch_size, lr=lr, seed=seed, checkpoint=checkpoint, threads=threads,
-                on_step=report, init_from=init, snr_records=snr_records,
+                on_step=report, init_from=init, snr_records=snr_records, device=device, workers=workers,
             )  # fmt: skip
     except EcgdigError as exc:
         raise fail(exc) from None

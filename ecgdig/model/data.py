@@ -17,13 +17,18 @@ soft coverage fraction in [0, 1].
 
 Everything is a pure function of ``seed``: crop ``k`` of epoch ``e`` is the same whatever was read
 before, which is what lets training resume mid-epoch (:meth:`CropStream.iter_epoch` takes a start).
+The same purity lets ``workers`` processes render pages in parallel (a GPU trains faster than one
+core renders): they return exactly the crops the serial stream would, in the same order.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +62,27 @@ DEFAULT_CROP_PX = 256
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Tag mixed into the seed for the per-epoch page order, apart from per-page generators.
 _ORDER_TAG = 0x0DE5
+#: Pages a worker pool may have in flight per worker: enough to keep every worker busy while the
+#: consumer is slow for a moment, few enough that waiting crops do not pile up in memory.
+_PAGES_IN_FLIGHT_PER_WORKER = 3
+
+#: The stream a page-worker process serves, set once by :func:`_start_page_worker`.
+_worker_stream: CropStream | None = None
+
+
+def _start_page_worker(stream: CropStream) -> None:
+    global _worker_stream
+    # One thread each: the pool already has a process per core, and OpenCV's or torch's own
+    # threads on top of that only contend.
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    _worker_stream = stream
+
+
+def _page_crops_in_worker(epoch: int, j: int, page: int) -> tuple[np.ndarray, np.ndarray]:
+    assert _worker_stream is not None, "page worker was not started with a stream"
+    crops = _worker_stream.page_crops(epoch, j, page)
+    return np.stack([c[0].numpy() for c in crops]), np.stack([c[1].numpy() for c in crops])
 
 
 def truth_px_per_mm(truth: Mapping[str, Any]) -> float:
@@ -247,6 +273,10 @@ class CropStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         Flatten illumination as the digitizer does.
     trace_fraction : float
         Fraction of crops centred near a trace.
+    workers : int
+        Processes that load pages in parallel (0 or 1: pages are loaded in this process). The
+        crops and their order do not depend on it. The processes start at the first page read and
+        stay until :meth:`close` (or the end of a ``with`` block).
     """
 
     def __init__(
@@ -259,6 +289,7 @@ class CropStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         px_per_mm: float = DEFAULT_PX_PER_MM,
         flatten: bool = True,
         trace_fraction: float = 0.7,
+        workers: int = 0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -270,6 +301,8 @@ class CropStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ConfigError(f"workers must be a non-negative integer, got {workers!r}")
         if not 0.0 <= trace_fraction <= 1.0:
             raise ConfigError(f"trace_fraction must be in [0, 1], got {trace_fraction!r}")
         if not px_per_mm > 0:
@@ -281,7 +314,29 @@ class CropStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         self.px_per_mm = float(px_per_mm)
         self.flatten = flatten
         self.trace_fraction = float(trace_fraction)
+        self.workers = workers
         self.epoch = 0
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What a worker process receives: everything but the pool itself.
+        return {k: v for k, v in self.__dict__.items() if k != "_pool"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pool = None
+
+    def __enter__(self) -> CropStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the page-worker processes, if any were started (reading again restarts them)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     @property
     def epoch_size(self) -> int:
@@ -335,21 +390,55 @@ class CropStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
             raise ValueError(f"start must be in [0, {self.epoch_size}], got {start}")
         order = self._order(epoch)
         first_page, skip = divmod(start, self.crops_per_page)
-        for j in range(first_page, self.pages_per_epoch):
-            rng = self._page_generator(epoch, j)
-            image, mask, source_ppm = self.load_page(int(order[j]), rng)
-            x, target = prepare_page(
-                image, mask, source_px_per_mm=source_ppm, px_per_mm=self.px_per_mm, flatten=self.flatten
-            )
-            crops = random_crops(
-                x,
-                target,
-                crop_px=self.crop_px,
-                count=self.crops_per_page,
-                rng=rng,
-                trace_fraction=self.trace_fraction,
-            )
+        pages = range(first_page, self.pages_per_epoch)
+        if self.workers > 1:
+            crops_by_page = self._crops_from_workers(epoch, pages, order)
+        else:
+            crops_by_page = (self.page_crops(epoch, j, int(order[j])) for j in pages)
+        for j, crops in zip(pages, crops_by_page, strict=True):
             yield from crops[skip if j == first_page else 0 :]
+
+    def page_crops(self, epoch: int, j: int, page: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Return the crops of the ``j``-th page of ``epoch``, which shows page ``page``."""
+        rng = self._page_generator(epoch, j)
+        image, mask, source_ppm = self.load_page(page, rng)
+        x, target = prepare_page(
+            image, mask, source_px_per_mm=source_ppm, px_per_mm=self.px_per_mm, flatten=self.flatten
+        )
+        return random_crops(
+            x,
+            target,
+            crop_px=self.crop_px,
+            count=self.crops_per_page,
+            rng=rng,
+            trace_fraction=self.trace_fraction,
+        )
+
+    def _crops_from_workers(
+        self, epoch: int, pages: range, order: np.ndarray
+    ) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        if self._pool is None:
+            # "spawn": the parent may hold CUDA or OpenMP state that a forked child must not inherit.
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_page_worker,
+                initargs=(self,),
+            )
+        pending: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
+        upcoming = iter(pages)
+        limit = self.workers * _PAGES_IN_FLIGHT_PER_WORKER
+        try:
+            while True:
+                while len(pending) < limit and (j := next(upcoming, None)) is not None:
+                    pending.append(self._pool.submit(_page_crops_in_worker, epoch, j, int(order[j])))
+                if not pending:
+                    return
+                xs, ts = pending.popleft().result()
+                yield [(torch.from_numpy(x), torch.from_numpy(t)) for x, t in zip(xs, ts, strict=True)]
+        finally:
+            for future in pending:
+                future.cancel()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_epoch(self.epoch)

@@ -63,6 +63,8 @@ def train_to_file(
     on_step: Callable[[StepInfo], None] | None = None,
     init_from: str | Path | None = None,
     snr_records: int = 0,
+    device: str = "cpu",
+    workers: int = 0,
 ) -> TrainRun:
     """Train the default U-Net and write it as a model file.
 
@@ -88,6 +90,11 @@ def train_to_file(
     snr_records : int, optional
         After training, digitize pages rendered from this many held-out records (one per profile)
         and store their Challenge SNR in the header's metrics (:func:`validation_snr`).
+    device : str, optional
+        Where the training steps run (``"cpu"`` or a CUDA device such as ``"cuda"``); the model
+        file is the same either way and runs on a CPU.
+    workers : int, optional
+        Processes rendering pages in parallel (0: in this process); the crops do not depend on it.
 
     Returns
     -------
@@ -99,7 +106,9 @@ def train_to_file(
     ConfigError
         If the inputs hold no record or page, or too few records to hold some out.
     """
-    data, val_source, n_train, n_val = open_training_data(inputs, profiles=profiles, seed=seed, hold_out=True)
+    data, val_source, n_train, n_val = open_training_data(
+        inputs, profiles=profiles, seed=seed, hold_out=True, workers=workers
+    )
     if init_from is None:
         model, started_from = make_default_model(seed=seed), None
     else:
@@ -111,11 +120,12 @@ def train_to_file(
                 init_from,
             )
         started_from = {"file": Path(init_from).name, "metrics": dict(init_header.metrics)}
-    result = train(
-        model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, val_data=val_source,
-        val_every=max(50, steps // 5), checkpoint=checkpoint, on_step=on_step, schedule="cosine",
-        warmup_steps=min(50, steps // 10), threads=threads,
-    )  # fmt: skip
+    with data:
+        result = train(
+            model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, val_data=val_source,
+            val_every=max(50, steps // 5), checkpoint=checkpoint, on_step=on_step, schedule="cosine",
+            warmup_steps=min(50, steps // 10), threads=threads, device=device,
+        )  # fmt: skip
     header = ModelHeader(
         architecture=model.architecture,
         px_per_mm=DEFAULT_PX_PER_MM,
@@ -203,6 +213,7 @@ def open_training_data(
     seed: int = 0,
     hold_out: bool = True,
     crops_per_page: int = 16,
+    workers: int = 0,
 ) -> tuple[CropStream, FixedCrops | None, int, int]:
     """Open the crop source for WFDB records (rendered on the fly) or a folder of rendered pages.
 
@@ -219,6 +230,9 @@ def open_training_data(
         Folders of pages are never split.
     crops_per_page : int, optional
         Crops cut from each rendered page.
+    workers : int, optional
+        Processes loading pages in parallel for the training stream (and while the validation
+        crops are read); close the stream, or use it in a ``with`` block, to stop them.
 
     Returns
     -------
@@ -234,7 +248,12 @@ def open_training_data(
     ConfigError
         If the inputs hold no record or page, mix both, or hold too few records to hold some out.
     """
-    common = {"crop_px": _CROP_PX, "px_per_mm": DEFAULT_PX_PER_MM, "crops_per_page": crops_per_page}
+    common = {
+        "crop_px": _CROP_PX,
+        "px_per_mm": DEFAULT_PX_PER_MM,
+        "crops_per_page": crops_per_page,
+        "workers": workers,
+    }
     folders = [Path(p) for p in inputs if Path(p).is_dir() and any(Path(p).glob("*_mask.png"))]
     if folders:
         if len(inputs) != 1:
@@ -248,7 +267,8 @@ def open_training_data(
         raise ConfigError("training needs at least 2 records (one is held out for validation)")
     n_val = _held_out_count(len(records))
     data = RenderedPages(records[:-n_val], list(profiles), seed=seed, **common)
-    validation = FixedCrops.from_stream(
-        RenderedPages(records[-n_val:], list(profiles), seed=seed + 1, **dict(common, crops_per_page=4))
-    )
+    with RenderedPages(
+        records[-n_val:], list(profiles), seed=seed + 1, **dict(common, crops_per_page=4)
+    ) as held_out:
+        validation = FixedCrops.from_stream(held_out)
     return data, validation, len(records) - n_val, n_val

@@ -223,7 +223,7 @@ def proximal_term(model: nn.Module, global_params: Mapping[str, torch.Tensor], m
     >>> float(proximal_term(net, ref, 0.1).detach())
     0.0
     """
-    total = torch.zeros(())
+    total = torch.zeros((), device=next(model.parameters()).device)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -234,7 +234,7 @@ def proximal_term(model: nn.Module, global_params: Mapping[str, torch.Tensor], m
             raise ValueError(
                 f"global_params[{name!r}] has shape {tuple(ref.shape)}, the model {tuple(param.shape)}"
             )
-        total = total + ((param - ref.detach()) ** 2).sum()
+        total = total + ((param - ref.detach().to(param.device)) ** 2).sum()
     return 0.5 * float(mu) * total
 
 
@@ -245,6 +245,7 @@ def evaluate_dice(model: nn.Module, data: CropSource, *, batch_size: int = 8) ->
     their coverage exceeds 0.5. Two empty masks give 1.0. The model is left in eval mode.
     """
     model.eval()
+    device = next(model.parameters()).device
     inter = pred_sum = true_sum = 0.0
     with torch.inference_mode():
         batch: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -252,8 +253,8 @@ def evaluate_dice(model: nn.Module, data: CropSource, *, batch_size: int = 8) ->
             if item is not None:
                 batch.append(item)
             if batch and (item is None or len(batch) == batch_size):
-                x = torch.stack([b[0] for b in batch])
-                t = torch.stack([b[1] for b in batch]) > 0.5
+                x = torch.stack([b[0] for b in batch]).to(device)
+                t = torch.stack([b[1] for b in batch]).to(device) > 0.5
                 pred = model(x)[:, :1] > 0.0
                 inter += float((pred & t).sum())
                 pred_sum += float(pred.sum())
@@ -285,7 +286,7 @@ def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
         h.update(name.encode("utf-8") + b"\x00")
-        h.update(tensors[name].detach().to(torch.float32).contiguous().numpy().tobytes())
+        h.update(tensors[name].detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -298,7 +299,7 @@ def _save_checkpoint(
 ) -> None:
     names = {id(p): n for n, p in model.named_parameters()}
     tensors: dict[str, torch.Tensor] = {
-        f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()
+        f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
     }
     adam_steps = set()
     for group in optimizer.param_groups:
@@ -307,12 +308,12 @@ def _save_checkpoint(
             if not state:
                 continue
             name = names[id(p)]
-            tensors[f"adamw.exp_avg.{name}"] = state["exp_avg"].detach().contiguous().clone()
-            tensors[f"adamw.exp_avg_sq.{name}"] = state["exp_avg_sq"].detach().contiguous().clone()
+            tensors[f"adamw.exp_avg.{name}"] = state["exp_avg"].detach().cpu().contiguous()
+            tensors[f"adamw.exp_avg_sq.{name}"] = state["exp_avg_sq"].detach().cpu().contiguous()
             adam_steps.add(float(state["step"]))
     if global_params is not None:
         for k, v in global_params.items():
-            tensors[f"global.{k}"] = v.detach().contiguous().clone()
+            tensors[f"global.{k}"] = v.detach().cpu().contiguous()
     meta = dict(
         meta, format=CHECKPOINT_FORMAT, version=_CHECKPOINT_VERSION, adam_step=max(adam_steps, default=0.0)
     )
@@ -362,6 +363,7 @@ def train(
     schedule: Literal["constant", "cosine"] = "constant",
     warmup_steps: int = 0,
     threads: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> TrainResult:
     """Train ``model`` in place on crops from ``data``.
 
@@ -408,6 +410,11 @@ def train(
         Linear warm-up steps.
     threads : int, optional
         Torch intra-op threads during the call (restored afterwards).
+    device : str or torch.device, optional
+        Where the steps run (``"cpu"``, ``"cuda"``, ``"cuda:1"``). The model is moved there for
+        the call and back to where it was afterwards; checkpoints hold CPU tensors, so a run
+        started on a GPU can resume on a CPU and the other way round. Runs on a GPU are not
+        bit-for-bit repeatable.
 
     Returns
     -------
@@ -443,6 +450,14 @@ def train(
             raise ConfigError(f"epochs must be positive, got {epochs!r}")
         total_examples = max(1, round(epochs * n))
     total_steps = math.ceil(total_examples / batch_size)
+    try:
+        run_on = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r} ({exc})") from None
+    if run_on.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    came_from = next(model.parameters()).device
+    model.to(run_on)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -491,13 +506,13 @@ def train(
                 {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
             )
         if proximal_mu > 0:
-            ref = {k[len("global.") :]: v for k, v in tensors.items() if k.startswith("global.")}
+            ref = {k[len("global.") :]: v.to(run_on) for k, v in tensors.items() if k.startswith("global.")}
         start_step = int(meta["step"])
         losses = [float(v) for v in meta["losses"]]
         val_history = [(int(s), float(d)) for s, d in meta["val_dice"]]
     if proximal_mu > 0 and ref is None:
         source = global_params if global_params is not None else dict(model.named_parameters())
-        ref = {k: torch.as_tensor(v).detach().to(torch.float32).clone() for k, v in source.items()}
+        ref = {k: torch.as_tensor(v).detach().to(run_on, torch.float32, copy=True) for k, v in source.items()}
     if proximal_mu > 0 and ref is not None and global_params is not None and start_step > 0:
         given = {k: torch.as_tensor(v).to(torch.float32) for k, v in global_params.items()}
         if _tensor_digest(given) != _tensor_digest(ref):
@@ -522,8 +537,8 @@ def train(
         for step in range(start_step, total_steps):
             size = min(batch_size, total_examples - step * batch_size)
             batch = [next(stream) for _ in range(size)]
-            x = torch.stack([b[0] for b in batch])
-            t = torch.stack([b[1] for b in batch])
+            x = torch.stack([b[0] for b in batch]).to(run_on, non_blocking=True)
+            t = torch.stack([b[1] for b in batch]).to(run_on, non_blocking=True)
             rate = _lr_at(step, total_steps, lr, schedule, warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = rate
@@ -533,7 +548,7 @@ def train(
             prox = (
                 proximal_term(model, ref, proximal_mu)
                 if ref is not None and proximal_mu > 0
-                else torch.zeros(())
+                else torch.zeros((), device=run_on)
             )
             total = loss + prox
             loss_value = float(total.detach())
@@ -566,6 +581,7 @@ def train(
                     )
                 )
     model.eval()
+    model.to(came_from)
     return TrainResult(
         steps=total_steps,
         examples=total_examples,

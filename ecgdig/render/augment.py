@@ -76,6 +76,33 @@ def smooth_field(shape: tuple[int, int], cells: tuple[int, int], rng: np.random.
     return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
 
 
+def fade_ink(coverage: np.ndarray, depth: float, rng: np.random.Generator) -> np.ndarray:
+    """Lighten ink coverage by a smooth field that reaches ``depth`` (0-1) where the print is faintest.
+
+    Parameters
+    ----------
+    coverage : (rows, cols) ndarray of uint8
+        Ink coverage, 0-255 (as :func:`~ecgdig.render.draw.rasterize_strokes` gives it).
+    depth : float
+        Largest fraction of the ink removed; 0 returns ``coverage`` itself.
+    rng : numpy.random.Generator
+        Randomness (drawn from only when ``depth > 0``).
+
+    Returns
+    -------
+    (rows, cols) ndarray of uint8
+        Coverage times ``1 - depth * f``, ``f`` a smooth field scaled to [0, 1].
+    """
+    if depth <= 0.0:
+        return coverage
+    small = _low_res(coverage.shape[:2], 8)
+    field = smooth_field(small, (2, 4), rng)
+    span = float(field.max() - field.min()) or 1.0
+    keep = 1.0 - np.float32(depth) * (field - field.min()) / span
+    keep = cv2.resize(keep, (coverage.shape[1], coverage.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return np.rint(coverage * keep).astype(np.uint8)
+
+
 def _signed_distance(shape: tuple[int, int], point: tuple[float, float], angle_rad: float) -> np.ndarray:
     """Signed distance (px) of each pixel from the line through ``point`` at ``angle`` (x axis = 0)."""
     ny, nx = np.cos(angle_rad), -np.sin(angle_rad)

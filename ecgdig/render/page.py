@@ -490,6 +490,8 @@ def render_page(
             minor_width_px=settings.grid_minor_width_mm * ppm,
         )
     major_rgb, minor_rgb = settings.grid_rgb
+    deg = settings.degradation
+    trace_cov = augment.fade_ink(trace_cov, deg.trace_fade, rng)
     image = composite(
         settings.paper_rgb,
         [(minor, minor_rgb), (major, major_rgb), (text_cov, _TEXT_RGB), (trace_cov, settings.trace_rgb)],
@@ -497,7 +499,6 @@ def render_page(
     mask = labels > 0
 
     # Degrade: paper, then geometry (masks and boxes follow), then lighting and camera.
-    deg = settings.degradation
     image = augment.paper_effects(image, deg, rng, ppm)
     warp = augment.plan_warp(shape, deg, rng)
     if warp is not None:

@@ -140,6 +140,10 @@ class Degradation:
         If set, binarise to black and white at this luminance (0-255), as fax and B/W scanners do.
     jpeg_quality : int or None
         If set, JPEG-compress at this quality (5-95); pages are then written as ``.jpg``.
+    trace_fade : float
+        Faded print, in [0, 0.9]: the traces' ink is lightened by up to this fraction, smoothly
+        varying over the sheet (a printer short of toner, an aged thermal print). The trace mask
+        is unchanged: a faint trace is still trace.
     """
 
     creases: int = 0
@@ -158,6 +162,7 @@ class Degradation:
     sepia: float = 0.0
     bw_threshold: int | None = None
     jpeg_quality: int | None = None
+    trace_fade: float = 0.0
 
     def __post_init__(self) -> None:
         _check_range(self.creases, "creases", 0, 6)
@@ -180,6 +185,7 @@ class Degradation:
         _check_range(self.sepia, "sepia", 0.0, 1.0)
         _check_range(self.bw_threshold, "bw_threshold", 1, 254, optional=True)
         _check_range(self.jpeg_quality, "jpeg_quality", 5, 95, optional=True)
+        _check_range(self.trace_fade, "trace_fade", 0.0, 0.9)
         for name in ("bw_threshold", "jpeg_quality"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, int):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ecgdig.errors import ConfigError
 from ecgdig.model.data import (
     CropStream,
     FixedCrops,
@@ -118,3 +119,29 @@ def test_rendered_pages_and_page_folder_give_seeded_crops_at_the_model_scale(
     crops = list(folder)
     assert len(crops) == 2 and crops[0][0].shape == (3, 64, 64)
     assert folder.pages[0][2] is not None  # the truth JSON was found and gives the scale
+
+
+def test_worker_processes_give_the_serial_stream_crop_for_crop(tmp_path: Path) -> None:
+    from ecgdig.io import write_record
+    from ecgdig.types import EcgRecord
+
+    t = np.arange(5000) / 500.0
+    names = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+    for k in range(3):
+        signal = np.stack([np.sin(2 * np.pi * (1 + 0.1 * j + 0.3 * k) * t) for j in range(12)], axis=1)
+        write_record(EcgRecord(f"rec{k}", signal, 500.0, names), tmp_path / "records")
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(_TINY_PROFILE)
+    records = [tmp_path / "records" / f"rec{k}" for k in range(3)]
+    common = {"seed": 4, "crop_px": 64, "crops_per_page": 2, "pages_per_epoch": 5}
+
+    serial = list(RenderedPages(records, profile, **common).iter_epoch(1, start=3))
+    with RenderedPages(records, profile, workers=2, **common) as parallel:
+        from_workers = list(parallel.iter_epoch(1, start=3))
+        again = list(parallel.iter_epoch(1, start=3))  # the pool is reused across epochs
+    assert parallel._pool is None  # leaving the block stopped the workers
+    assert len(serial) == len(from_workers) == 2 * 5 - 3
+    for (x, t_), (xw, tw), (xa, _) in zip(serial, from_workers, again, strict=True):
+        assert torch.equal(x, xw) and torch.equal(t_, tw) and torch.equal(x, xa)
+    with pytest.raises(ConfigError, match="workers"):
+        RenderedPages(records, profile, workers=-1, **common)

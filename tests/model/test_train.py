@@ -131,3 +131,31 @@ def test_a_diverging_run_is_a_clear_error_not_a_traceback(tiny) -> None:
     crops = [(torch.rand(3, 32, 32), (torch.rand(1, 32, 32) > 0.5).float()) for _ in range(2)]
     with pytest.raises(EcgdigError, match="training diverged: loss is nan at step 1"):
         train(model, FixedCrops(crops), steps=1, batch_size=2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_asking_for_a_gpu_without_one_is_a_clear_error(synthetic_stream: CropStream, tiny) -> None:
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        train(build_network(tiny, seed=0), synthetic_stream, steps=1, device="cuda")
+    with pytest.raises(ConfigError, match="unknown device"):
+        train(build_network(tiny, seed=0), synthetic_stream, steps=1, device="abacus")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_run_follows_the_cpu_run_and_resumes_on_the_cpu(
+    synthetic_stream: CropStream, tmp_path: Path, tiny: UnetArchitecture
+) -> None:
+    kwargs = dict(steps=4, batch_size=4, lr=3e-3, proximal_mu=0.01)
+    on_cpu = train(build_network(tiny, seed=0), synthetic_stream, **kwargs)  # type: ignore[arg-type]
+    ckpt = tmp_path / "run.ckpt.safetensors"
+    with pytest.raises(_Stop):
+        train(
+            build_network(tiny, seed=0), synthetic_stream, device="cuda", checkpoint=ckpt,
+            checkpoint_every=1, on_step=_stop_at(2), **kwargs,
+        )  # type: ignore[arg-type]  # fmt: skip
+    model = build_network(tiny, seed=5)
+    resumed = train(model, synthetic_stream, checkpoint=ckpt, **kwargs)  # type: ignore[arg-type]
+
+    # Convolutions on the GPU round differently (TF32 among them): close, not equal.
+    assert resumed.losses == pytest.approx(on_cpu.losses, rel=2e-2)
+    assert next(model.parameters()).device.type == "cpu"

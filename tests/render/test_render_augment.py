@@ -147,7 +147,7 @@ def test_every_degradation_at_once_renders(record):
     deg = Degradation(
         creases=2, wrinkles=0.6, scribbles=2, rotation_deg=-7.0, perspective=0.08, scale=0.7,
         background="cloth", background_margin=0.2, uneven_light=0.3, shadow=0.4, blur_sigma_px=1.5,
-        noise_sigma=6.0, gamma=1.2, sepia=0.5, jpeg_quality=60,
+        noise_sigma=6.0, gamma=1.2, sepia=0.5, jpeg_quality=60, trace_fade=0.5,
     )  # fmt: skip
     page = render_page(record, RenderSettings(dpi=120, degradation=deg), rng=0)
     assert page.encoded is not None and page.image.shape[:2] == page.trace_mask.shape
@@ -155,3 +155,26 @@ def test_every_degradation_at_once_renders(record):
     rows, cols = page.image.shape[:2]
     for box in page.lead_boxes:
         assert -0.5 <= box.x0 <= box.x1 <= cols - 0.5 and -0.5 <= box.y0 <= box.y1 <= rows - 0.5
+
+
+def test_faded_print_lightens_the_traces_unevenly_and_keeps_the_mask(record):
+    settings = RenderSettings(dpi=150, lead_names=False)
+    crisp = render_page(record, settings, rng=5)
+    faded = render_page(record, dataclasses.replace(settings, degradation=Degradation(trace_fade=0.7)), rng=5)
+    np.testing.assert_array_equal(crisp.trace_mask, faded.trace_mask)
+    lum_crisp, lum_faded = _lum(crisp.image), _lum(faded.image)
+    on_trace = crisp.trace_mask
+    assert np.all(lum_faded[on_trace] >= lum_crisp[on_trace] - 1e-9)  # only lighter, never darker
+    np.testing.assert_array_equal(
+        lum_crisp[~on_trace & (lum_crisp > 250)], lum_faded[~on_trace & (lum_crisp > 250)]
+    )
+    # Uneven: in some stretches the trace keeps most of its ink, in others it loses much of it.
+    rows, cols = np.nonzero(on_trace)
+    bands = np.minimum(8 * cols // on_trace.shape[1], 7)
+    kept = [
+        (255 - lum_faded[rows[bands == b], cols[bands == b]]).mean()
+        / (255 - lum_crisp[rows[bands == b], cols[bands == b]]).mean()
+        for b in range(8)
+        if np.any(bands == b)
+    ]
+    assert np.mean(kept) < 0.9 and max(kept) - min(kept) > 0.1
