@@ -324,6 +324,44 @@ def train(
     )
 
 
+@app.command()
+def average(
+    models: Annotated[list[Path], typer.Argument(help="Two or more model files of one architecture.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Averaged model file to write.")],
+    weight: Annotated[
+        list[float] | None,
+        typer.Option("--weight", min=0.0, help="Weight of each model, in order (default: equal); repeat."),
+    ] = None,
+    records: Annotated[
+        list[Path] | None,
+        typer.Option("--records", help="Training records: score the average on their held-out part; repeat."),
+    ] = None,
+    profile: Annotated[
+        list[str] | None,
+        typer.Option("--profile", help="Profiles of that validation, as for 'train'; repeat."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of that validation, as for 'train'.")] = 0,
+    snr_records: Annotated[
+        int, typer.Option("--snr-records", min=0, help="Held-out records digitized for the validation SNR.")
+    ] = 4,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Average the weights of model files (a model soup: a fine-tune with the model it started from)."""
+    from ecgdig.model.files import read_model_header
+    from ecgdig.model.run import average_models
+
+    try:
+        path = average_models(
+            models, output, weights=weight, validate_on=records or (),
+            profiles=profile or ("scanner", "phone"), seed=seed, snr_records=snr_records, threads=threads,
+        )  # fmt: skip
+        metrics = read_model_header(path).metrics
+    except EcgdigError as exc:
+        raise fail(exc) from None
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))
+    out.print(f"averaged {len(models)} models -> {path}" + (f" ({scores})" if scores else ""))
+
+
 class MetricChoice(StrEnum):
     """Scoring metrics."""
 

@@ -11,17 +11,19 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ecgdig.errors import ConfigError
 from ecgdig.model.data import CropStream, FixedCrops, PageFolder, RenderedPages
-from ecgdig.model.files import ModelHeader, load_model, save_model
+from ecgdig.model.files import ModelHeader, load_model, load_state_tensors, model_tensors, save_model
+from ecgdig.model.inference import torch_threads
 from ecgdig.model.network import DEFAULT_PX_PER_MM, count_parameters, make_default_model
-from ecgdig.model.train import StepInfo, TrainResult, train
+from ecgdig.model.train import StepInfo, TrainResult, evaluate_dice, train
 from ecgdig.render import find_records
 
-__all__ = ["TrainRun", "open_training_data", "train_to_file", "validation_snr"]
+__all__ = ["TrainRun", "average_models", "open_training_data", "train_to_file", "validation_snr"]
 
 _CROP_PX = 256
 
@@ -149,6 +151,102 @@ def train_to_file(
     return TrainRun(Path(path), result, n_train, n_val, dict(header.metrics))
 
 
+def average_models(
+    model_paths: Sequence[str | Path],
+    out_path: str | Path,
+    *,
+    weights: Sequence[float] | None = None,
+    validate_on: Sequence[str | Path] = (),
+    profiles: Sequence[str] = ("scanner", "phone"),
+    seed: int = 0,
+    snr_records: int = 4,
+    threads: int | None = None,
+) -> Path:
+    """Write the weighted mean of the weights of model files of one architecture.
+
+    Averaging a fine-tuned model with the model it started from (or several fine-tunes of one
+    start) is a "model soup" (Wortsman et al. 2022, "Model soups", ICML; and WiSE-FT, CVPR 2022):
+    the fine-tunes stay in one basin of the loss, so their mean is a model too, and it usually
+    keeps what each gained. For the shipped model it beat both of its parents on every benchmark
+    set (``docs/model-card.md``).
+
+    Parameters
+    ----------
+    model_paths : sequence of str or Path
+        Two or more model files with the same architecture and scale.
+    out_path : str or Path
+        The averaged model file (header: the first file's architecture; ``training`` lists every
+        parent with its weight and training summary; no metrics, since none was measured on it).
+    weights : sequence of float, optional
+        One non-negative weight per file (default: equal); they are normalized to sum to 1.
+    validate_on : sequence of str or Path, optional
+        Training records: when given, the averaged model is scored on their held-out part as
+        :func:`train_to_file` scores a model it trains (``val_dice_crops`` on the validation
+        crops of ``profiles`` and ``seed``, and the validation SNR of ``snr_records`` records),
+        and the metrics go into the header.
+    profiles, seed, snr_records, threads : optional
+        Settings of that validation, as for :func:`train_to_file`.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    ConfigError
+        Fewer than two files, weights that do not match them or are negative or all zero, or files
+        of different architectures or scales.
+    ModelFileError
+        A file that is not a valid model file.
+    """
+    from ecgdig.federated.strategies import weighted_mean
+
+    if len(model_paths) < 2:
+        raise ConfigError("averaging needs at least two model files")
+    weights = [1.0] * len(model_paths) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(model_paths):
+        raise ConfigError(f"{len(weights)} weight(s) for {len(model_paths)} model files")
+    if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"weights must be non-negative and not all zero, got {weights}")
+    loaded = [load_model(path) for path in model_paths]
+    first_model, first_header = loaded[0]
+    for path, (_, header) in zip(model_paths[1:], loaded[1:], strict=True):
+        if header.architecture != first_header.architecture or header.px_per_mm != first_header.px_per_mm:
+            raise ConfigError(
+                f"another architecture or scale than {Path(model_paths[0]).name}: models of different "
+                "shapes cannot be averaged",
+                path,
+            )
+    total = sum(weights)
+    parts = [(model_tensors(model), w / total) for (model, _), w in zip(loaded, weights, strict=True)]
+    mean = weighted_mean(parts)
+    load_state_tensors(first_model, mean, path=out_path)
+    header = ModelHeader(
+        architecture=first_header.architecture,
+        px_per_mm=first_header.px_per_mm,
+        classes=first_header.classes,
+        training={
+            "weight_average": [
+                {"file": Path(path).name, "weight": w / total, "training": dict(header.training)}
+                for path, (_, header), w in zip(model_paths, loaded, weights, strict=True)
+            ]
+        },
+    )
+    path = save_model(out_path, first_model, header)
+    if validate_on:
+        _, validation, _, n_val = open_training_data(validate_on, profiles=profiles, seed=seed, hold_out=True)
+        metrics: dict[str, float] = {}
+        if validation is not None:
+            with torch_threads(threads):
+                metrics["val_dice_crops"] = evaluate_dice(first_model, validation)
+        if snr_records and n_val:
+            held_out = find_records(validate_on)[-n_val:][:snr_records]
+            metrics.update(validation_snr(path, held_out, profiles=profiles, seed=seed + 2, threads=threads))
+        path = save_model(out_path, first_model, replace(header, metrics=metrics))
+    return path
+
+
 def _held_out_count(n_records: int) -> int:
     """Return how many records to hold out for validation: a tenth, at least 1, at most 40."""
     return min(40, max(1, n_records // 10))
@@ -248,7 +346,7 @@ def open_training_data(
     ConfigError
         If the inputs hold no record or page, mix both, or hold too few records to hold some out.
     """
-    common = {
+    common: dict[str, Any] = {
         "crop_px": _CROP_PX,
         "px_per_mm": DEFAULT_PX_PER_MM,
         "crops_per_page": crops_per_page,
