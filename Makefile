@@ -23,6 +23,7 @@ test-all: install
 lint: install
 	$(BIN)/ruff check ecgdig tests benchmarks
 	$(BIN)/ruff format --check ecgdig tests benchmarks
+	$(BIN)/mypy ecgdig
 
 bench: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.run --out docs/benchmarks-latest.md

@@ -29,6 +29,7 @@ from ecgdig.errors import EcgdigError
 
 if TYPE_CHECKING:
     from ecgdig.federated.coordinator import FederationPlan, RejectedUpdate
+    from ecgdig.federated.keys import SiteKey
 
 KeyOpt = Annotated[
     Path, typer.Option("--key", help="The site's <site>.key.pem; every file is signed with it.")
@@ -49,7 +50,7 @@ MaxEpsilonOpt = Annotated[
 ]
 
 
-def _site_inputs(plan_path: Path, key_path: Path) -> tuple[FederationPlan, object]:
+def _site_inputs(plan_path: Path, key_path: Path) -> tuple[FederationPlan, SiteKey]:
     from ecgdig.federated.coordinator import load_plan
     from ecgdig.federated.keys import load_site_key
 
@@ -90,7 +91,7 @@ def secagg_advertise(
             output,
             site_key,
             plan=plan,
-            num_examples=examples,  # type: ignore[arg-type]
+            num_examples=examples,
         )
     except EcgdigError as exc:
         raise fail(exc) from None

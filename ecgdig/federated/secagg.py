@@ -898,10 +898,11 @@ def mask_update(
         if peer == site_key.site_id:
             continue
         peer_entry = roster.entry(peer)
+        assert peer_entry is not None, f"peer {peer!r} is not on the roster it was drawn from"
         pair_mask = mask_stream(
             pairwise_mask_key(
                 mask_key, base64.b64decode(peer_entry.mask_public_key), context, (site_key.site_id, peer)
-            ),  # type: ignore[union-attr]
+            ),
             count,
         )
         if _pairwise_sign(site_key.site_id, peer) > 0:
@@ -1344,7 +1345,7 @@ def aggregate_secure_round(
     context = _roster_context(roster, roster_sha)
     total = np.zeros(sum(int(np.prod(s)) for s in opened.shapes.values()), dtype=np.uint32)
     for site in survivors:
-        total += flatten_tensors(masked[site].tensors, np.uint32)  # type: ignore[misc]
+        total += flatten_tensors(masked[site].tensors, np.uint32)
     for site in survivors:
         seed = _rebuild(reveals, roster, site, "self_mask_shares", request_file)
         if _commitment(seed, context) != masked[site].header.self_mask_commitment:

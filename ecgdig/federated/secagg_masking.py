@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -98,9 +99,10 @@ def fractional_bits(n_sites: int, clip_norm: float) -> int:
     return bits
 
 
-def flatten_tensors(
-    tensors: Mapping[str, NDArray[np.generic]], dtype: type[np.generic]
-) -> NDArray[np.generic]:
+_Scalar = TypeVar("_Scalar", bound=np.generic)
+
+
+def flatten_tensors(tensors: Mapping[str, NDArray[np.generic]], dtype: type[_Scalar]) -> NDArray[_Scalar]:
     """Concatenate tensors in sorted name order into one flat array of ``dtype``.
 
     Parameters

@@ -70,8 +70,7 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.nd
                         path,
                     )
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(img)
+                rgb = _to_rgb(ImageOps.exif_transpose(img))
     except ImageInputError:
         raise
     except Image.DecompressionBombError:
