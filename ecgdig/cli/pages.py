@@ -293,7 +293,7 @@ def train(
     ] = "cpu",
     workers: Annotated[
         int,
-        typer.Option("--workers", min=0, help="Processes rendering pages in parallel (0: none); same crops."),
+        typer.Option("--workers", min=0, help="Processes rendering pages at once (0, 1: none); same crops."),
     ] = 0,
 ) -> None:
     """Train the U-Net trace segmenter on pages rendered on the fly (or read from a folder).
