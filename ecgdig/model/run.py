@@ -144,8 +144,7 @@ def train_to_file(
     )
     path = save_model(out_path, model, header)
     if snr_records and n_val:
-        held_out = find_records(inputs)[-n_val:][:snr_records]
-        scores = validation_snr(path, held_out, profiles=profiles, seed=seed + 2, threads=threads)
+        scores = _held_out_snr(path, inputs, n_val, snr_records, profiles, seed, threads)
         header = replace(header, metrics={**header.metrics, **scores})
         path = save_model(out_path, model, header)
     return TrainRun(Path(path), result, n_train, n_val, dict(header.metrics))
@@ -167,8 +166,8 @@ def average_models(
     Averaging a fine-tuned model with the model it started from (or several fine-tunes of one
     start) is a "model soup" (Wortsman et al. 2022, "Model soups", ICML; and WiSE-FT, CVPR 2022):
     the fine-tunes stay in one basin of the loss, so their mean is a model too, and it usually
-    keeps what each gained. For the shipped model it beat both of its parents on every benchmark
-    set (``docs/model-card.md``).
+    keeps what each gained. The shipped model is the mean of a model and its fine-tune; it beat
+    its start on every benchmark set (``docs/model-card.md``).
 
     Parameters
     ----------
@@ -176,7 +175,7 @@ def average_models(
         Two or more model files with the same architecture and scale.
     out_path : str or Path
         The averaged model file (header: the first file's architecture; ``training`` lists every
-        parent with its weight and training summary; no metrics, since none was measured on it).
+        parent with its weight and training summary; metrics only when ``validate_on`` is given).
     weights : sequence of float, optional
         One non-negative weight per file (default: equal); they are normalized to sum to 1.
     validate_on : sequence of str or Path, optional
@@ -241,10 +240,23 @@ def average_models(
             with torch_threads(threads):
                 metrics["val_dice_crops"] = evaluate_dice(first_model, validation)
         if snr_records and n_val:
-            held_out = find_records(validate_on)[-n_val:][:snr_records]
-            metrics.update(validation_snr(path, held_out, profiles=profiles, seed=seed + 2, threads=threads))
+            metrics.update(_held_out_snr(path, validate_on, n_val, snr_records, profiles, seed, threads))
         path = save_model(out_path, first_model, replace(header, metrics=metrics))
     return path
+
+
+def _held_out_snr(
+    model_path: Path,
+    inputs: Sequence[str | Path],
+    n_val: int,
+    snr_records: int,
+    profiles: Sequence[str],
+    seed: int,
+    threads: int | None,
+) -> dict[str, float]:
+    """Score the validation SNR on ``snr_records`` of the ``n_val`` records held out of ``inputs``."""
+    held_out = find_records(inputs)[-n_val:][:snr_records]
+    return validation_snr(model_path, held_out, profiles=profiles, seed=seed + 2, threads=threads)
 
 
 def _held_out_count(n_records: int) -> int:
