@@ -475,6 +475,8 @@ _BAR_GAP_CLOSING = np.ones((3, 1), dtype=bool)
 #: A bar is looked for this fraction of the strip's length either side of its uniform-scale place
 #: (the real photos are stretched up to 3-4% locally).
 _SEPARATOR_SEARCH_FRACTION = 0.04
+#: A rhythm strip starting within this of the panel strips' median start shares their columns.
+_ALIGNED_START_TOLERANCE_MM = 2.0
 
 
 def find_lead_separators(
@@ -640,10 +642,23 @@ def attach_lead_separators(
             for t, x in found.items():
                 columns_px.setdefault(t, []).append(x)
         found_per_row.append(found)
+    boundary_columns = {t: float(np.median(xs)) for t, xs in columns_px.items()}
+    separated_starts = [layout.row_x_start_px[r] for r, b in enumerate(boundaries_per_row) if b]
     knots: list[tuple[tuple[float, float], ...]] = []
-    for found, boundaries in zip(found_per_row, boundaries_per_row, strict=True):
+    for row, (found, boundaries) in enumerate(zip(found_per_row, boundaries_per_row, strict=True)):
+        if not boundaries and _shares_columns(layout.row_x_start_px[row], separated_starts, layout.px_per_mm):
+            # A rhythm strip runs under the panels, simultaneous with them: the boundary columns
+            # found above are its clock too (a curled sheet stretches it just as much).
+            boundaries = sorted(boundary_columns)
         for t in set(boundaries) - found.keys():
-            if t in columns_px:
-                found[t] = float(np.median(columns_px[t]))
+            if t in boundary_columns:
+                found[t] = boundary_columns[t]
         knots.append(tuple((x, t) for t, x in sorted(found.items())))
     return replace(layout, row_time_knots=tuple(knots))
+
+
+def _shares_columns(x_start_px: float, other_starts_px: Sequence[float], px_per_mm: float) -> bool:
+    """Whether a strip starting at ``x_start_px`` is aligned with the strips that start elsewhere."""
+    if not other_starts_px:
+        return False
+    return abs(x_start_px - float(np.median(other_starts_px))) <= _ALIGNED_START_TOLERANCE_MM * px_per_mm

@@ -556,10 +556,11 @@ def _trace_height(trace: RowTrace, layout: PageLayout, row: int, x: np.ndarray) 
     The followed trace climbs a bar where it crosses one; those points are the bar, not the
     signal (on the real photos bridging them scored +0.2 dB).
     """
-    knots = layout.time_knots(row)
+    lead_changes = {start for _, r, start, _ in layout.panels if r == row and start > 0}
     keep = np.ones(trace.x_px.size, dtype=bool)
-    for knot_x, _ in knots:
-        keep &= np.abs(trace.x_px - knot_x) > _SEPARATOR_BRIDGE_MM * layout.px_per_mm
+    for knot_x, knot_t in layout.time_knots(row):
+        if knot_t in lead_changes:  # a rhythm strip's knots are columns, with no bar to bridge
+            keep &= np.abs(trace.x_px - knot_x) > _SEPARATOR_BRIDGE_MM * layout.px_per_mm
     if np.count_nonzero(keep) < 2:
         keep[:] = True
     return np.interp(x, trace.x_px[keep], trace.y_px[keep])
@@ -591,6 +592,9 @@ def strip_time_to_x(layout: PageLayout, row: int, t_s: np.ndarray) -> np.ndarray
     knots = layout.time_knots(row)
     if not knots:
         return x_start + t_s * px_per_s
+    if len(knots) >= 2:
+        (x1, t1), (x2, t2) = knots[0], knots[1]
+        x_start = x1 - t1 * (x2 - x1) / (t2 - t1)
     knot_x = np.array([x_start, *(x for x, _ in knots)])
     knot_t = np.array([0.0, *(t for _, t in knots)])
     x = np.interp(t_s, knot_t, knot_x)

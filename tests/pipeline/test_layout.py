@@ -19,7 +19,7 @@ from ecgdig.pipeline.layout import (
     rescale_from_layout,
     template_for_row_count,
 )
-from ecgdig.pipeline.vectorize import follow_trace, traces_to_record
+from ecgdig.pipeline.vectorize import follow_trace, strip_time_to_x, traces_to_record
 from ecgdig.render import RenderSettings, render_page
 
 
@@ -239,30 +239,28 @@ def test_lead_separators_are_found_where_printed_and_nowhere_else(record, separa
     layout = vectorize_probability(ink, page.px_per_mm).layout
 
     # Execute
-    found = [x for row in layout.row_time_knots for x, _ in row]
+    found = [x for row in layout.row_time_knots[:3] for x, _ in row]
 
     # Assert: each printed bar within half a millimetre; no bar invented on a page without them.
+    # The rhythm strip below, printed with no bars, keeps time by the bars' columns above it.
     printed = sorted(x for x, _ in page.truth["lead_separators"])
     if separators:
         assert len(found) == len(printed) == 9
         assert np.max(np.abs(np.sort(found) - printed)) < 0.5 * page.px_per_mm
+        bars = [knot for row in layout.row_time_knots[:3] for knot in row]
+        columns = [(float(np.median([x for x, u in bars if u == t])), t) for t in (2.5, 5.0, 7.5)]
+        assert layout.row_time_knots[3] == tuple(columns)
     else:
-        assert found == []
+        assert not any(layout.row_time_knots)
 
 
 def test_separators_carry_the_time_axis_through_an_uneven_stretch(record) -> None:
     # Prepare: a page whose horizontal scale drifts from 5% short on the left to 5% long on the
     # right (a curled or tilted photo), with its ends in place.
     page, ink = _ink_page(record, lead_separators=True)
-    width = ink.shape[1]
-    columns = np.arange(width, dtype=float)
-    drifted = columns + 0.05 * columns * (columns - width) / width
-    source_x = np.interp(columns, drifted, columns)
-    warped = np.stack([np.interp(source_x, columns, row) for row in ink])
-    warped = (warped > 0.5).astype(np.float32)
 
     # Execute
-    read = vectorize_probability(warped, page.px_per_mm)
+    read = vectorize_probability(_stretched_unevenly(ink), page.px_per_mm)
     plain = traces_to_record(read.traces, replace(read.layout, row_time_knots=()))
 
     # Assert: the separators give each lead its own scale; one page-wide scale cannot.
@@ -285,7 +283,8 @@ def test_a_bar_with_holes_is_still_a_bar(record) -> None:
 
     # Execute
     found = []
-    for row, (band, trace) in enumerate(zip(read.layout.rows, read.traces, strict=True)):
+    panel_strips = zip(read.layout.rows[:3], read.traces[:3], strict=True)
+    for row, (band, trace) in enumerate(panel_strips):
         expected = [x for x, _ in read.layout.row_time_knots[row]]
         found += find_lead_separators(ink, band, trace, expected, 4 * page.px_per_mm, page.px_per_mm)
 
@@ -327,17 +326,85 @@ def test_the_signal_is_bridged_over_separator_bars(record) -> None:
     page, ink = _ink_page(record, lead_separators=True)
     read = vectorize_probability(ink, page.px_per_mm)
     climbed = []
-    for row, trace in enumerate(read.traces):
+    for row, trace in enumerate(read.traces[:3]):
         y = trace.y_px.copy()
         for x, _ in read.layout.row_time_knots[row]:
             y[np.abs(trace.x_px - x) <= 0.3 * page.px_per_mm] -= 4 * page.px_per_mm
         climbed.append(replace(trace, y_px=y))
+    # The rhythm strip has no bars: at its knots (the columns of the bars above) a QRS may fall.
+    rhythm = read.traces[3]
+    assert rhythm is not None and read.layout.row_time_knots[3]
+    y = rhythm.y_px.copy()
+    for x, _ in read.layout.row_time_knots[3]:
+        y[np.abs(rhythm.x_px - x) <= 0.3 * page.px_per_mm] -= 4 * page.px_per_mm
+    climbed.append(replace(rhythm, y_px=y))
 
     # Execute
     bridged = traces_to_record(climbed, read.layout).record.signal_mv
 
-    # Assert: the climb (0.4 mV) leaves no trace in the leads.
+    # Assert: the climb (0.4 mV) leaves no trace in the panel leads; the rhythm strip's is kept.
     untouched = read.record.signal_mv
     both = np.isfinite(bridged) & np.isfinite(untouched)
-    assert any(read.layout.row_time_knots)
-    assert np.max(np.abs(bridged[both] - untouched[both])) < 0.05
+    panels = [i for i, lead in enumerate(read.record.lead_names) if lead != "II"]
+    assert np.max(np.abs(bridged[:, panels][both[:, panels]] - untouched[:, panels][both[:, panels]])) < 0.05
+    rhythm_lead = read.record.lead_names.index("II")
+    assert np.max(bridged[:, rhythm_lead] - untouched[:, rhythm_lead]) > 0.3
+
+
+def _stretched_unevenly(ink: np.ndarray, drift: float = 0.05) -> np.ndarray:
+    """``ink`` with its horizontal scale drifting from ``drift`` short on the left to as long on the right."""
+    width = ink.shape[1]
+    columns = np.arange(width, dtype=float)
+    drifted = columns + drift * columns * (columns - width) / width
+    source_x = np.interp(columns, drifted, columns)
+    warped = np.stack([np.interp(source_x, columns, row) for row in ink])
+    return (warped > 0.5).astype(np.float32)
+
+
+def test_the_rhythm_strip_keeps_time_by_the_bars_above_it(record) -> None:
+    # Prepare: a page stretched 2% unevenly; its rhythm strip (lead II, 10 s) has no bars of its own.
+    page, ink = _ink_page(record, lead_separators=True)
+    read = vectorize_probability(_stretched_unevenly(ink, 0.02), page.px_per_mm)
+
+    # Execute
+    knots = read.layout.row_time_knots
+    alone = traces_to_record(read.traces, replace(read.layout, row_time_knots=(*knots[:3], ()))).record
+
+    # Assert: with the columns of the bars above, lead II follows the stretch; alone it cannot.
+    def lead_ii_snr(rec) -> float:
+        return next(s.snr_db for s in score_record(rec, page.reference) if s.lead == "II")
+
+    assert [t for _, t in knots[3]] == [2.5, 5.0, 7.5]
+    assert lead_ii_snr(read.record) > lead_ii_snr(alone) + 2  # 5.0 against 2.2 dB
+
+
+def test_a_strip_starting_elsewhere_does_not_take_the_columns(record) -> None:
+    # Prepare: the rhythm strip's start moved 3 mm right of the others' (a layout where it does not
+    # run under the panels).
+    page, ink = _ink_page(record, lead_separators=True)
+    layout, traces = (read := vectorize_probability(ink, page.px_per_mm)).layout, read.traces
+    starts = list(layout.row_x_start_px)
+    starts[3] += 3 * page.px_per_mm
+    moved = replace(layout, row_x_start_px=tuple(starts), row_time_knots=())
+
+    # Execute
+    knots = attach_lead_separators(moved, ink, traces).row_time_knots
+
+    # Assert
+    assert knots[3] == () and all(knots[:3])
+
+
+def test_a_strip_with_bars_starts_where_they_say_not_at_its_pulse(record) -> None:
+    # Prepare: the strips' starts (their pulses' ends) read 1 mm late, as photos scatter them.
+    page, ink = _ink_page(record, lead_separators=True)
+    layout = vectorize_probability(ink, page.px_per_mm).layout
+    late = replace(layout, row_x_start_px=tuple(x + page.px_per_mm for x in layout.row_x_start_px))
+
+    # Execute
+    zero = [float(strip_time_to_x(late, row, np.array([0.0]))[0]) for row in range(4)]
+
+    # Assert: time zero is extrapolated from the first two bars (their spacing is the local scale).
+    for row, x0 in enumerate(zero):
+        (x1, t1), (x2, t2) = late.row_time_knots[row][:2]
+        assert x0 == pytest.approx(x1 - t1 * (x2 - x1) / (t2 - t1))
+        assert abs(x0 - layout.row_x_start_px[row]) < 0.5 * page.px_per_mm
