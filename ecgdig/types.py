@@ -261,8 +261,10 @@ class PageLayout:
         Where the paper speed came from: ``"pulse"`` (the calibration pulse's width), ``"user"``
         or ``"default"``.
     row_time_knots : tuple of tuple of (float, float)
-        Per strip, ``(x_px, t_s)`` points where a lead separator fixes the time axis; between them
-        (and from the strip start) time is linear in x, beyond the last at the page's speed.
+        Per strip, ``(x_px, t_s)`` points where a lead separator fixes the time axis (on a rhythm
+        strip, the columns of the separators above it); between them time is linear in x, before
+        the first from time zero (extrapolated from the first two knots, or the strip's start if
+        there is one knot), beyond the last at the page's speed.
     duration_source : str
         ``"user"``, ``"default"`` (10 s) or ``"strips"`` (measured strip length at a speed other
         than 25 mm/s).
@@ -287,5 +289,9 @@ class PageLayout:
     warnings: tuple[str, ...] = ()
 
     def time_knots(self, row: int) -> tuple[tuple[float, float], ...]:
-        """Return strip ``row``'s ``(x_px, t_s)`` separator knots (empty if it has none)."""
+        """Return strip ``row``'s ``(x_px, t_s)`` time knots (empty if it has none)."""
         return self.row_time_knots[row] if row < len(self.row_time_knots) else ()
+
+    def lead_changes(self, row: int) -> tuple[float, ...]:
+        """Return the times (s) at which one lead hands over to the next on strip ``row``, sorted."""
+        return tuple(sorted({start for _, r, start, _ in self.panels if r == row and start > 0}))

@@ -626,10 +626,7 @@ def attach_lead_separators(
     px_per_s = layout.px_per_mm * layout.mm_per_s
     found_per_row: list[dict[float, float]] = []
     columns_px: dict[float, list[float]] = {}
-    boundaries_per_row = [
-        sorted({start for _, r, start, _ in layout.panels if r == row and start > 0})
-        for row in range(len(layout.rows))
-    ]
+    boundaries_per_row = [list(layout.lead_changes(row)) for row in range(len(layout.rows))]
     strips = zip(layout.rows, traces, boundaries_per_row, strict=True)
     for row, (band, trace, boundaries) in enumerate(strips):
         x_start = layout.row_x_start_px[row]

@@ -556,7 +556,7 @@ def _trace_height(trace: RowTrace, layout: PageLayout, row: int, x: np.ndarray) 
     The followed trace climbs a bar where it crosses one; those points are the bar, not the
     signal (on the real photos bridging them scored +0.2 dB).
     """
-    lead_changes = {start for _, r, start, _ in layout.panels if r == row and start > 0}
+    lead_changes = layout.lead_changes(row)
     keep = np.ones(trace.x_px.size, dtype=bool)
     for knot_x, knot_t in layout.time_knots(row):
         if knot_t in lead_changes:  # a rhythm strip's knots are columns, with no bar to bridge
@@ -570,8 +570,10 @@ def strip_time_to_x(layout: PageLayout, row: int, t_s: np.ndarray) -> np.ndarray
     """Map times on a strip to page columns.
 
     Linear at the page's speed from the strip's start, or, where lead separators anchor the
-    strip (``layout.row_time_knots``), piecewise linear through the start and the separators and
-    at the page's speed beyond the last one.
+    strip (``layout.row_time_knots``), piecewise linear through time zero and the separators and
+    at the page's speed beyond the last one. Time zero is extrapolated from the first two knots
+    when there are two or more (a calibration pulse's end, the strip's start, is read to a pixel
+    or two: 1.6 px early on rendered scanner pages, which stretched the first lead of each strip).
 
     Parameters
     ----------
