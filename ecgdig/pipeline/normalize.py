@@ -878,7 +878,8 @@ def _grid_hue_mask(flat: np.ndarray, paper: np.ndarray | None) -> np.ndarray | N
     )
     sample = hue[coloured][:: max(1, n_coloured // 200_000)]
     dominant = float(np.angle(np.mean(np.exp(1j * sample))))
-    distance = np.abs(np.angle(np.exp(1j * (hue - dominant))))
+    # Circular distance in float32 arithmetic (complex exponentials of every pixel took half the pass).
+    distance = np.abs(np.mod(hue - np.float32(dominant) + np.float32(np.pi), np.float32(2.0 * np.pi)) - np.pi)
     return coloured & (distance < _FINE_MAX_HUE_DISTANCE)
 
 
