@@ -273,27 +273,33 @@ def normalize(
         period = geo.level_mm * out_x
         paper_out = None if outside is None else outside == 0
         field: tuple[np.ndarray, np.ndarray] | None = None
+
+        def flat_page() -> np.ndarray:
+            """Return the flattened page through the current field (the grid is measured on it)."""
+            return out if flatten else _warp(geo.flat, total, (out_rows, out_cols), displacement=field)
+
+        def resampled(displacement: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+            """Return the output through ``displacement`` (one interpolation of the source), paper mask."""
+            source = geo.flat if flatten else rgb
+            image = _warp(source, total, (out_rows, out_cols), displacement=displacement)
+            if outside is None:
+                return image, None
+            moved = cv2.remap(outside, *_displaced_grid(*displacement), cv2.INTER_NEAREST, borderValue=255)
+            image[moved > 0] = 255
+            return image, moved == 0
+
         for _ in range(_DEWARP_PASSES):
-            flat_out = out if flatten else _warp(geo.flat, total, (out_rows, out_cols), displacement=field)
-            step = _grid_displacement(flat_out, period, paper_out)
+            step = _grid_displacement(flat_page(), period, paper_out)
             if step is None:
                 break
-            field = step if field is None else _compose_displacements(field, step)
-            out = _warp(geo.flat if flatten else rgb, total, (out_rows, out_cols), displacement=field)
-            if outside is not None:
-                moved = cv2.remap(outside, *_displaced_grid(*field), cv2.INTER_NEAREST, borderValue=255)
-                out[moved > 0] = 255
-                paper_out = moved == 0
+            field = _compose_displacements(field, step)
+            out, paper_out = resampled(field)
         # Folds and creases bend the sheet along lines, which no smooth surface follows: the lines
         # of the result are measured once more, band by band, and moved onto the comb.
-        flat_out = out if flatten else _warp(geo.flat, total, (out_rows, out_cols), displacement=field)
-        fine = _fine_line_offsets(flat_out, period, paper_out, out_x)
-        if fine is not None:
-            field = fine if field is None else _compose_displacements(field, fine)
-            out = _warp(geo.flat if flatten else rgb, total, (out_rows, out_cols), displacement=field)
-            if outside is not None:
-                moved = cv2.remap(outside, *_displaced_grid(*field), cv2.INTER_NEAREST, borderValue=255)
-                out[moved > 0] = 255
+        step = _fine_line_offsets(flat_page(), period, paper_out, out_x)
+        if step is not None:
+            field = _compose_displacements(field, step)
+            out, paper_out = resampled(field)
         if field is not None:
             dx, dy = field
             shift_mm = float(max(np.ptp(dx), np.ptp(dy))) / out_x
@@ -696,9 +702,11 @@ def _displaced_grid(dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _compose_displacements(
-    first: tuple[np.ndarray, np.ndarray], then: tuple[np.ndarray, np.ndarray]
+    first: tuple[np.ndarray, np.ndarray] | None, then: tuple[np.ndarray, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One field doing ``first`` and then ``then``: pixel u reads u + t(u) + f(u + t(u))."""
+    """One field doing ``first`` (None: nothing) and then ``then``: pixel u reads u + t(u) + f(u + t(u))."""
+    if first is None:
+        return then
     u, v = _displaced_grid(*then)
     moved = [cv2.remap(f, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for f in first]
     return then[0] + moved[0], then[1] + moved[1]
