@@ -35,7 +35,7 @@ bench-federated: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.federated --out docs/benchmarks-federated.md
 
 demo: install
-	$(BIN)/ecgdig digitize sample_pages/ -o demo_out/ --overlay --force --segmenter unet
+	$(BIN)/ecgdig digitize sample_pages/ -o demo_out/ --overlay --force
 	@echo "Wrote demo_out/: WFDB records (.hea/.dat), JSON sidecars and overlay PNGs."
 
 # The shipped model, in three stages on pages rendered from the PTB-XL training records (never the

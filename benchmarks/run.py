@@ -1,8 +1,9 @@
 """``make bench``: digitization quality and speed, written as Markdown tables.
 
 Quality: pages rendered by ``ecgdig render`` from the 18 held-out PTB-XL test records (clean, scanner
-and phone profiles), the 8 real phone photos with truth, and the ecg-image-kit sample page, each
-digitized and scored with the PhysioNet Challenge 2024 SNR. Robustness: every real clinical scan
+and phone profiles), the 8 real phone photos with truth, the ecg-image-kit sample page and the 32
+ecg-image-kit validation pages (per kind, Challenge and Kaggle metrics, see :mod:`benchmarks.eik`),
+each digitized and scored with the PhysioNet Challenge 2024 SNR. Robustness: every real clinical scan
 without truth must give a record or a one-line error. Speed: seconds per 200 dpi page and peak memory,
 median over pages and repeats, measured in a child process limited to 2 threads.
 
@@ -123,6 +124,15 @@ def bench_quality(work: Path, seed: int, n_pages: int, segmenters: list[str]) ->
     return rows
 
 
+def bench_eik(work: Path, segmenter: str) -> dict[str, object]:
+    """Score the ecg-image-kit validation pages (never trained on) per kind, with both metrics."""
+    from benchmarks.eik import digitize_part, score_part
+
+    pred = work / "pred" / f"eik-validation-{segmenter.replace('=', '-').replace('/', '_')}"
+    failures = digitize_part("validation", pred, segmenter=segmenter)
+    return {"segmenter": segmenter, "failures": failures, **score_part("validation", pred)}
+
+
 def bench_robustness(work: Path, segmenter: str) -> dict[str, object]:
     """Digitize every real scan without truth; count records and one-line errors."""
     from ecgdig.pipeline.digitize import DigitizeOptions, digitize_files
@@ -189,6 +199,7 @@ def to_markdown(
     robust: list[dict[str, object]],
     speed: list[dict[str, object]],
     meta: dict[str, object],
+    eik: list[dict[str, object]] | None = None,
 ) -> str:
     """Format the results as the Markdown written to ``docs/benchmarks-latest.md``."""
     lines = [
@@ -210,6 +221,18 @@ def to_markdown(
             f"{row['mean_snr_db']:.2f} | {row['mean_snr_db_missing_as_zero']:.2f} | "
             f"{row['median_record_snr_db']:.2f} | {row['mean_r']:.3f} |"
         )
+    for result in eik or []:
+        from benchmarks.eik import to_markdown as eik_markdown
+
+        lines += [
+            "",
+            f"## ecg-image-kit validation pages (32, never trained on), `{result['segmenter']}`",
+            "",
+            "Pages drawn by the PhysioNet Challenge 2024 generator (`benchmarks/ecg_image_kit_split.csv`);"
+            " Challenge SNR is the mean over (record, lead) pairs, Kaggle SNR the mean of per-page scores.",
+            "",
+            eik_markdown(result, result["failures"]),  # type: ignore[arg-type]
+        ]
     lines += ["", "## Real clinical scans without truth", ""]
     for result in robust:
         errors: list[str] = result["errors"]  # type: ignore[assignment]
@@ -269,6 +292,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ecgdig-bench-") as tmp:
         work = Path(tmp)
         quality = bench_quality(work, args.seed, args.pages, segmenters)
+        eik = [bench_eik(work, s) for s in segmenters]
         robust = [] if args.skip_robustness else [bench_robustness(work, s) for s in segmenters]
         clean_pages = sorted((work / "pages" / "clean").glob("*.png"))
         clean_pages = [p for p in clean_pages if not p.stem.endswith(("_mask", "_labels"))][
@@ -283,12 +307,14 @@ def main() -> None:
         "seed": args.seed,
         "wall_s": time.time() - started,
     }
-    markdown = to_markdown(quality, robust, speed, meta)
+    markdown = to_markdown(quality, robust, speed, meta, eik)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown, encoding="utf-8")
     args.out.with_suffix(".json").write_text(
         json.dumps(
-            {"quality": quality, "robustness": robust, "speed": speed, "meta": meta}, indent=2, default=str
+            {"quality": quality, "eik": eik, "robustness": robust, "speed": speed, "meta": meta},
+            indent=2,
+            default=str,
         )
     )
     print(markdown)

@@ -252,7 +252,9 @@ class PageLayout:
     duration_s : float
         Time span of a full strip.
     panels : tuple
-        ``(lead, row, start_s, end_s)`` for every printed lead panel.
+        ``(lead, row, start_s, end_s, shift_s)`` for every printed lead panel: it sits on strip
+        ``row`` from strip time ``start_s`` to ``end_s`` and shows record time strip time minus
+        ``shift_s`` (0 unless the layout's columns restart at time zero).
     pulses : tuple of CalibrationPulse
         Calibration pulses found.
     gain_source : str
@@ -280,7 +282,7 @@ class PageLayout:
     mm_per_s: float
     mm_per_mv: float
     duration_s: float
-    panels: tuple[tuple[str, int, float, float], ...]
+    panels: tuple[tuple[str, int, float, float, float], ...]
     pulses: tuple[CalibrationPulse, ...] = ()
     gain_source: str = "default"
     speed_source: str = "default"
@@ -294,4 +296,4 @@ class PageLayout:
 
     def lead_changes(self, row: int) -> tuple[float, ...]:
         """Return the times (s) at which one lead hands over to the next on strip ``row``, sorted."""
-        return tuple(sorted({start for _, r, start, _ in self.panels if r == row and start > 0}))
+        return tuple(sorted({start for _, r, start, _, _ in self.panels if r == row and start > 0}))

@@ -142,6 +142,32 @@ def test_stage_on_a_bad_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_model_without_the_unet_segmenter_is_a_usage_error(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["segment", str(SAMPLE), "-o", str(tmp_path / "t.png"), "--model", "m.st"])
+    result = runner.invoke(
+        app,
+        [
+            "segment",
+            str(SAMPLE),
+            "-o",
+            str(tmp_path / "t.png"),
+            "--segmenter",
+            "classical",
+            "--model",
+            "m.st",
+        ],
+    )
     assert result.exit_code == 2
     assert "--segmenter unet" in result.output
+
+
+@pytest.mark.parametrize("segmenter", ["classical", "unet"])
+def test_digitize_refuses_an_image_that_is_no_ecg_in_one_line(tmp_path: Path, segmenter: str) -> None:
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1700, 2200, 3), dtype=np.uint8)).save(noise)
+
+    result = runner.invoke(app, ["digitize", str(noise), "-o", str(tmp_path / "o"), "--segmenter", segmenter])
+
+    assert result.exit_code == 1
+    failed = [line for line in result.output.splitlines() if "failed:" in line]
+    assert len(failed) == 1 and "does not look like an ECG page" in failed[0], result.output
+    assert "Traceback" not in result.output
+    assert "--no-orient" in runner.invoke(app, ["digitize", "--help"]).output

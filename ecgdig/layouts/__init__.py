@@ -1,12 +1,19 @@
 """Lead-layout templates: which lead is printed where on a page.
 
 Templates are YAML files in this folder (data, not code), so a new print format needs no code change.
-A template has ``rows`` (each a list of lead names shown side by side, splitting the strip duration
-evenly) and ``rhythm`` (leads shown for the whole duration on rows of their own, below the others).
+A template has ``rows`` (each a list of lead names shown side by side, splitting the strip evenly)
+and ``rhythm`` (leads shown for the whole duration on rows of their own, below the others). Column
+``c`` of ``k`` covers ``[c, c+1) / k`` of the strip's width; ``column_times`` says which time it
+shows: ``sequential`` (the default, what carts print: the same fraction of the record, so the page
+reads as one time axis) or ``restart`` (every column shows the record from time zero, as
+ecg-image-kit's two-column pages do). ``guess_rank`` orders the templates that print the same
+number of strips when the digitizer has to guess: 0 is the usual print, the others are tried too
+(see :func:`layouts_by_strip_count`).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,7 +23,7 @@ import yaml
 from ecgdig.errors import ConfigError
 from ecgdig.leads import STANDARD_LEADS, canonical_lead_name
 
-__all__ = ["LayoutTemplate", "LeadPanel", "available_layouts", "load_layout"]
+__all__ = ["LayoutTemplate", "LeadPanel", "available_layouts", "layouts_by_strip_count", "load_layout"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,11 @@ class LeadPanel:
     n_columns : int
         Number of leads sharing the row.
     start_fraction, end_fraction : float
-        Part of the row (and of the record's duration) the lead occupies, in [0, 1].
+        Part of the row's width the lead occupies, in [0, 1] (as a fraction of the strip's duration).
+    shift_fraction : float
+        How far the record time shown lags the strip position, as a fraction of the duration:
+        0 when the page reads as one time axis, ``start_fraction`` when every column restarts at
+        time zero.
     """
 
     lead: str
@@ -43,10 +54,17 @@ class LeadPanel:
     n_columns: int
     start_fraction: float
     end_fraction: float
+    shift_fraction: float = 0.0
 
     def time_window_s(self, duration_s: float) -> tuple[float, float]:
-        """Return the lead's ``(start_s, end_s)`` within a strip of ``duration_s`` seconds."""
+        """Return the strip times ``(start_s, end_s)`` the lead occupies on a strip of ``duration_s``."""
         return self.start_fraction * duration_s, self.end_fraction * duration_s
+
+    def record_window_s(self, duration_s: float) -> tuple[float, float]:
+        """Return the record times ``(start_s, end_s)`` the lead shows (strip time minus the shift)."""
+        shift = self.shift_fraction * duration_s
+        start, end = self.time_window_s(duration_s)
+        return start - shift, end - shift
 
 
 @dataclass(frozen=True)
@@ -63,12 +81,18 @@ class LayoutTemplate:
         Rhythm-strip leads, top to bottom, each on its own full-width row.
     description : str
         One line for humans.
+    column_times : {"sequential", "restart"}
+        Whether column ``c`` shows the ``c``-th part of the record or the record from time zero.
+    guess_rank : int
+        Order among the templates with as many strips when guessing (0 = the usual print).
     """
 
     name: str
     rows: tuple[tuple[str, ...], ...]
     rhythm: tuple[str, ...]
     description: str = ""
+    column_times: str = "sequential"
+    guess_rank: int = 0
 
     @property
     def n_rows(self) -> int:
@@ -80,7 +104,11 @@ class LayoutTemplate:
         out: list[LeadPanel] = []
         for row_index, row in enumerate(self.rows):
             k = len(row)
-            out.extend(LeadPanel(lead, row_index, c, k, c / k, (c + 1) / k) for c, lead in enumerate(row))
+            restart = self.column_times == "restart"
+            out.extend(
+                LeadPanel(lead, row_index, c, k, c / k, (c + 1) / k, c / k if restart else 0.0)
+                for c, lead in enumerate(row)
+            )
         for offset, lead in enumerate(self.rhythm):
             out.append(LeadPanel(lead, len(self.rows) + offset, 0, 1, 0.0, 1.0))
         return out
@@ -95,7 +123,7 @@ class LayoutTemplate:
 def _parse_template(data: object, source: str) -> LayoutTemplate:
     if not isinstance(data, dict):
         raise ConfigError("layout file must be a mapping with 'name', 'rows' and 'rhythm'", source)
-    unknown = set(data) - {"name", "description", "rows", "rhythm"}
+    unknown = set(data) - {"name", "description", "rows", "rhythm", "column_times", "guess_rank"}
     if unknown:
         raise ConfigError(f"unknown layout keys {sorted(unknown)}", source)
     rows_raw = data.get("rows")
@@ -111,11 +139,19 @@ def _parse_template(data: object, source: str) -> LayoutTemplate:
             raise ConfigError(f"unknown lead {lead!r} (expected one of {', '.join(STANDARD_LEADS)})", source)
     if not rows and not rhythm:
         raise ConfigError("layout shows no lead", source)
+    column_times = str(data.get("column_times", "sequential"))
+    if column_times not in ("sequential", "restart"):
+        raise ConfigError(f"column_times must be 'sequential' or 'restart', not {column_times!r}", source)
+    guess_rank = data.get("guess_rank", 0)
+    if not isinstance(guess_rank, int) or isinstance(guess_rank, bool) or guess_rank < 0:
+        raise ConfigError(f"guess_rank must be a whole number >= 0, not {guess_rank!r}", source)
     return LayoutTemplate(
         name=str(data.get("name", Path(source).stem)),
         rows=rows,
         rhythm=rhythm,
         description=str(data.get("description", "")),
+        column_times=column_times,
+        guess_rank=guess_rank,
     )
 
 
@@ -166,3 +202,30 @@ def load_layout(name_or_path: str | Path) -> LayoutTemplate:
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {str(exc).splitlines()[0]}", source) from None
     return _parse_template(data, source)
+
+
+@functools.cache
+def layouts_by_strip_count() -> dict[int, tuple[str, ...]]:
+    """Return the shipped layouts grouped by how many strips they print, the usual one first.
+
+    Built from the template files (``guess_rank``, then name), so a new print format is one
+    YAML file.
+
+    Returns
+    -------
+    dict of int to tuple of str
+        Strip count -> layout names.
+
+    Examples
+    --------
+    >>> layouts_by_strip_count()[4]
+    ('3x4+1',)
+    """
+    grouped: dict[int, list[LayoutTemplate]] = {}
+    for name in available_layouts():
+        template = load_layout(name)
+        grouped.setdefault(template.n_rows, []).append(template)
+    return {
+        n: tuple(t.name for t in sorted(group, key=lambda t: (t.guess_rank, t.name)))
+        for n, group in sorted(grouped.items())
+    }

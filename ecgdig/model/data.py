@@ -4,8 +4,11 @@ Two sources give the same stream of ``(image, target)`` crops:
 
 - :class:`RenderedPages` renders pages on the fly from WFDB records with one or more site profiles
   (:mod:`ecgdig.render`), so every epoch sees new pages;
-- :class:`PageFolder` reads pages rendered earlier (``ecgdig render``): ``<name>.png`` or
-  ``<name>.jpg``, ``<name>_mask.png`` and, when present, ``<name>.json`` for the page's scale.
+- :class:`PageFolder` reads pages rendered earlier (``ecgdig render``, or ecg-image-kit pages
+  brought in by :mod:`ecgdig.io.ecg_image_kit`): ``<name>.png`` or ``<name>.jpg``,
+  ``<name>_mask.png`` and, when present, ``<name>.json`` for the page's scale;
+
+and :class:`MixedPages` draws each page from one of several sources at given weights.
 
 Each page is brought to the model's scale the way the digitizer's ``normalize`` stage brings real
 pages there: resampled from its true pixels per mm (read from the render's truth, including the
@@ -49,6 +52,7 @@ __all__ = [
     "DEFAULT_CROP_PX",
     "CropStream",
     "FixedCrops",
+    "MixedPages",
     "PageFolder",
     "RenderedPages",
     "find_page_files",
@@ -370,11 +374,12 @@ class CropStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
     def _page_generator(self, epoch: int, j: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), int(j)]))
 
+    def _order_generator(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), _ORDER_TAG]))
+
     def _order(self, epoch: int) -> np.ndarray:
-        n = self.page_count()
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), _ORDER_TAG]))
-        reps = math.ceil(self.pages_per_epoch / n)
-        return np.concatenate([rng.permutation(n) for _ in range(reps)])[: self.pages_per_epoch]
+        """Return the page shown at each position of ``epoch``: ``pages_per_epoch`` page indices."""
+        return _cycled_permutations(self._order_generator(epoch), self.page_count(), self.pages_per_epoch)
 
     def iter_epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the crops of ``epoch`` from position ``start`` (0-based) to the epoch's end.
@@ -442,6 +447,121 @@ class CropStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_epoch(self.epoch)
+
+
+def _cycled_permutations(rng: np.random.Generator, n: int, length: int) -> np.ndarray:
+    """Return ``length`` indices: random permutations of ``range(n)`` one after another, cut short."""
+    if length == 0:
+        return np.zeros(0, np.int64)
+    return np.concatenate([rng.permutation(n) for _ in range(math.ceil(length / n))])[:length]
+
+
+def _apportion(weights: Sequence[float], total: int) -> np.ndarray:
+    """Split ``total`` into whole counts proportional to ``weights`` (largest remainders).
+
+    Ties go to the earlier weight, so the split is a pure function of its arguments.
+    """
+    quotas = np.asarray(weights, np.float64) / float(np.sum(weights)) * total
+    counts = np.floor(quotas).astype(np.int64)
+    by_remainder = np.argsort(-(quotas - counts), kind="stable")
+    counts[by_remainder[: total - int(counts.sum())]] += 1
+    return counts
+
+
+class MixedPages(CropStream):
+    """Crops of pages drawn from several sources at given weights (rendered pages and folders).
+
+    Only the sources' pages are used (:meth:`~CropStream.page_count` and
+    :meth:`~CropStream.load_page`): the mix crops them with its own settings and seed, and the
+    sources' own seeds, crop settings and epoch lengths play no part.
+
+    Epoch ``e`` shows ``pages_per_epoch`` pages; source ``k`` gets ``weights[k]`` of them (whole
+    numbers by largest remainders, so the ratio holds in every epoch, not only on average), placed
+    at random positions, and each source steps through its own pages in random order, a new one
+    once all were shown. All of it is drawn from ``(seed, e)``, and page ``j`` of epoch ``e`` from
+    ``(seed, e, j)`` as in every stream: the crops are the same whatever ``workers`` is, and any
+    position can be started from (resuming a checkpoint).
+
+    Parameters
+    ----------
+    sources : sequence of CropStream
+        Two or more sources, e.g. a :class:`RenderedPages` and :class:`PageFolder` s, at the mix's
+        ``px_per_mm`` (a :class:`PageFolder` takes a page without JSON to be at its own scale).
+    weights : sequence of float
+        One positive weight per source; normalized to sum to 1.
+    pages_per_epoch : int, optional
+        Pages per epoch (default: the sources' pages together).
+    **kwargs
+        ``seed`` (required) and the other :class:`CropStream` settings.
+
+    Raises
+    ------
+    ConfigError
+        Fewer than two sources, weights that do not match them or are not positive, or a source at
+        another scale.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[CropStream],
+        weights: Sequence[float],
+        *,
+        pages_per_epoch: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.sources = list(sources)
+        if len(self.sources) < 2:
+            raise ConfigError(f"a mix needs at least two sources, got {len(self.sources)}")
+        if len(weights) != len(self.sources):
+            raise ConfigError(f"{len(weights)} weight(s) for {len(self.sources)} sources")
+        if not all(isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in weights):
+            raise ConfigError(f"weights must be positive, got {list(weights)}")
+        total = float(sum(weights))
+        self.weights = [float(w) / total for w in weights]
+        self._offsets = np.cumsum([0] + [s.page_count() for s in self.sources])
+        super().__init__(pages_per_epoch=pages_per_epoch or int(self._offsets[-1]), **kwargs)
+        for source in self.sources:
+            if source.px_per_mm != self.px_per_mm:
+                raise ConfigError(
+                    f"a {type(source).__name__} at {source.px_per_mm:g} px/mm in a mix at {self.px_per_mm:g}"
+                )
+
+    def page_count(self) -> int:
+        """Return the number of distinct pages of all the sources."""
+        return int(self._offsets[-1])
+
+    def source_counts(self) -> list[int]:
+        """Return the pages each source shows in an epoch (the same in every epoch)."""
+        return [int(c) for c in _apportion(self.weights, self.pages_per_epoch)]
+
+    def epoch_sources(self, epoch: int) -> np.ndarray:
+        """Return the index of the source of each page of ``epoch``, in the order they are shown."""
+        return np.searchsorted(self._offsets, self._order(epoch), side="right") - 1
+
+    def summary(self) -> dict[str, Any]:
+        """Return a JSON-ready description: crop settings, and each source with its weight."""
+        parts = []
+        for source, weight in zip(self.sources, self.weights, strict=True):
+            # The source's own crop settings and seed are not used: keep what says what it holds.
+            unused = CropStream.summary(source).keys() - {"source"}
+            part = {k: v for k, v in source.summary().items() if k not in unused}
+            parts.append(dict(part, weight=weight))
+        return dict(super().summary(), sources=parts)
+
+    def load_page(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+        """Load page ``index`` of the concatenated sources with the source that holds it."""
+        k = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        return self.sources[k].load_page(index - int(self._offsets[k]), rng)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        rng = self._order_generator(epoch)
+        counts = _apportion(self.weights, self.pages_per_epoch)
+        which = rng.permutation(np.repeat(np.arange(len(self.sources)), counts))
+        order = np.empty(self.pages_per_epoch, np.int64)
+        for k, source in enumerate(self.sources):
+            local = _cycled_permutations(rng, source.page_count(), int(counts[k]))
+            order[which == k] = self._offsets[k] + local
+        return order
 
 
 class RenderedPages(CropStream):

@@ -1,12 +1,15 @@
 """Train a trace segmenter from records or rendered pages and write the model file: ``ecgdig train``.
 
-Records are rendered on the fly with the chosen site profiles; a folder of pages written by
-``ecgdig render`` (``<name>.png`` with ``<name>_mask.png``) is read as it is. The last tenth of the
-records (at most 40) is held out for validation Dice and never trained on.
+Records are rendered on the fly with the chosen site profiles; folders of pages with masks
+(``<name>.png`` with ``<name>_mask.png``, written by ``ecgdig render`` or ``ecgdig import-eik``)
+are read as they are. Given both, ``pages_fraction`` of the training pages of every epoch come
+from the folders and the rest are rendered from records. The last tenth of the records (at most
+40) is held out for validation Dice and never trained on.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -16,16 +19,25 @@ from typing import Any
 import numpy as np
 
 from ecgdig.errors import ConfigError
-from ecgdig.model.data import CropStream, FixedCrops, PageFolder, RenderedPages
+from ecgdig.model.data import CropStream, FixedCrops, MixedPages, PageFolder, RenderedPages
 from ecgdig.model.files import ModelHeader, load_model, load_state_tensors, model_tensors, save_model
 from ecgdig.model.inference import torch_threads
 from ecgdig.model.network import DEFAULT_PX_PER_MM, count_parameters, make_default_model
 from ecgdig.model.train import StepInfo, TrainResult, evaluate_dice, train
 from ecgdig.render import find_records
 
-__all__ = ["TrainRun", "average_models", "open_training_data", "train_to_file", "validation_snr"]
+__all__ = [
+    "DEFAULT_PAGES_FRACTION",
+    "TrainRun",
+    "average_models",
+    "open_training_data",
+    "train_to_file",
+    "validation_snr",
+]
 
 _CROP_PX = 256
+#: Share of training pages drawn from page folders when records are given as well.
+DEFAULT_PAGES_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -67,13 +79,15 @@ def train_to_file(
     snr_records: int = 0,
     device: str = "cpu",
     workers: int = 0,
+    pages: Sequence[str | Path] = (),
+    pages_fraction: float | None = None,
 ) -> TrainRun:
     """Train the default U-Net and write it as a model file.
 
     Parameters
     ----------
     inputs : sequence of str or Path
-        WFDB records or folders of them, or one folder of rendered pages with masks.
+        WFDB records or folders of them, and folders of pages with masks (as ``pages``).
     out_path : str or Path
         Model file to write (safetensors with a JSON header; see ``docs/model.md``).
     profiles : sequence of str
@@ -97,6 +111,11 @@ def train_to_file(
         file is the same either way and runs on a CPU.
     workers : int, optional
         Processes rendering pages in parallel (0: in this process); the crops do not depend on it.
+    pages : sequence of str or Path, optional
+        Folders of pages with masks to train on, alone or with the records.
+    pages_fraction : float, optional
+        With both records and page folders, the fraction of training pages drawn from the folders
+        (default :data:`DEFAULT_PAGES_FRACTION`); see :func:`open_training_data`.
 
     Returns
     -------
@@ -106,11 +125,13 @@ def train_to_file(
     Raises
     ------
     ConfigError
-        If the inputs hold no record or page, or too few records to hold some out.
+        If the inputs hold no record or page, too few records to hold some out, or the pages
+        fraction does not fit them (see :func:`open_training_data`).
     """
     data, val_source, n_train, n_val = open_training_data(
-        inputs, profiles=profiles, seed=seed, hold_out=True, workers=workers
-    )
+        inputs, profiles=profiles, seed=seed, hold_out=True, workers=workers, pages=pages,
+        pages_fraction=pages_fraction,
+    )  # fmt: skip
     if init_from is None:
         model, started_from = make_default_model(seed=seed), None
     else:
@@ -136,6 +157,7 @@ def train_to_file(
             "data": data.summary(),
             "held_out": n_val,
             "profiles": list(profiles),
+            **_page_folders_summary(data),
             "run": result.summary(),
             "parameters": count_parameters(model),
             **({} if started_from is None else {"fine_tuned_from": started_from}),
@@ -255,7 +277,7 @@ def _held_out_snr(
     threads: int | None,
 ) -> dict[str, float]:
     """Score the validation SNR on ``snr_records`` of the ``n_val`` records held out of ``inputs``."""
-    held_out = find_records(inputs)[-n_val:][:snr_records]
+    held_out = find_records(_split_inputs(inputs)[0])[-n_val:][:snr_records]
     return validation_snr(model_path, held_out, profiles=profiles, seed=seed + 2, threads=threads)
 
 
@@ -316,6 +338,33 @@ def validation_snr(
     return scores
 
 
+def _is_page_folder(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("*_mask.png"))
+
+
+def _split_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Split training inputs into WFDB record paths and folders of pages with masks.
+
+    A folder of rendered pages also holds their truth records (``.hea``): it counts as pages only.
+    """
+    paths = [Path(p) for p in inputs]
+    return [p for p in paths if not _is_page_folder(p)], [p for p in paths if _is_page_folder(p)]
+
+
+def _page_folders_summary(data: CropStream) -> dict[str, Any]:
+    """Return the page folders ``data`` trains on and the share of pages they give, for headers."""
+    if isinstance(data, PageFolder):
+        return {"page_folders": [data.folder.name], "pages_fraction": 1.0}
+    if isinstance(data, MixedPages):
+        parts = [(s, w) for s, w in zip(data.sources, data.weights, strict=True) if isinstance(s, PageFolder)]
+        if parts:
+            return {
+                "page_folders": [s.folder.name for s, _ in parts],
+                "pages_fraction": sum(w for _, w in parts),
+            }
+    return {}
+
+
 def open_training_data(
     inputs: Sequence[str | Path],
     *,
@@ -324,13 +373,16 @@ def open_training_data(
     hold_out: bool = True,
     crops_per_page: int = 16,
     workers: int = 0,
+    pages: Sequence[str | Path] = (),
+    pages_fraction: float | None = None,
 ) -> tuple[CropStream, FixedCrops | None, int, int]:
-    """Open the crop source for WFDB records (rendered on the fly) or a folder of rendered pages.
+    """Open the crop source for WFDB records (rendered on the fly), folders of pages, or both.
 
     Parameters
     ----------
     inputs : sequence of str or Path
-        WFDB records or folders of them, or exactly one folder of pages with ``<name>_mask.png``.
+        WFDB records or folders of them; a folder holding ``<name>_mask.png`` files counts as a
+        folder of pages (as if given in ``pages``).
     profiles : sequence of str, optional
         Site profiles used to render records.
     seed : int, optional
@@ -339,24 +391,33 @@ def open_training_data(
         Hold the last tenth of the records (at most 40, at least 1) out for validation crops.
         Folders of pages are never split.
     crops_per_page : int, optional
-        Crops cut from each rendered page.
+        Crops cut from each page.
     workers : int, optional
         Processes loading pages in parallel for the training stream (and while the validation
         crops are read); close the stream, or use it in a ``with`` block, to stop them.
+    pages : sequence of str or Path, optional
+        Folders of pages with masks (``ecgdig render`` or ``ecgdig import-eik`` output).
+    pages_fraction : float, optional
+        With records and page folders both given, the fraction of training pages drawn from the
+        folders, in (0, 1) (default :data:`DEFAULT_PAGES_FRACTION`). An epoch is then one page per
+        training record plus the folder pages that keep that fraction; within the folders every
+        page is equally likely. Several folders without records are mixed by their page counts.
 
     Returns
     -------
     data : CropStream
-        The training crops.
+        The training crops: :class:`RenderedPages`, :class:`PageFolder` or :class:`MixedPages`.
     validation : FixedCrops or None
         Validation crops, when records were held out.
     n_train, n_val : int
-        Records (or pages) used for training and held out.
+        Records and pages used for training, and records held out.
 
     Raises
     ------
     ConfigError
-        If the inputs hold no record or page, mix both, or hold too few records to hold some out.
+        If the inputs hold no record or page, a ``pages`` entry holds no page with a mask, the
+        fraction is outside (0, 1) or given without both kinds of input, or there are too few
+        records to hold some out.
     """
     common: dict[str, Any] = {
         "crop_px": _CROP_PX,
@@ -364,21 +425,41 @@ def open_training_data(
         "crops_per_page": crops_per_page,
         "workers": workers,
     }
-    folders = [Path(p) for p in inputs if Path(p).is_dir() and any(Path(p).glob("*_mask.png"))]
-    if folders:
-        if len(inputs) != 1:
-            raise ConfigError("give either one folder of rendered pages or WFDB records, not both")
-        pages = PageFolder(folders[0], seed=seed, **common)
-        return pages, None, pages.page_count(), 0
-    records = find_records(inputs)
-    if not hold_out:
-        return RenderedPages(records, list(profiles), seed=seed, **common), None, len(records), 0
-    if len(records) < 2:
-        raise ConfigError("training needs at least 2 records (one is held out for validation)")
-    n_val = _held_out_count(len(records))
-    data = RenderedPages(records[:-n_val], list(profiles), seed=seed, **common)
-    with RenderedPages(
-        records[-n_val:], list(profiles), seed=seed + 1, **dict(common, crops_per_page=4)
-    ) as held_out:
-        validation = FixedCrops.from_stream(held_out)
-    return data, validation, len(records) - n_val, n_val
+    record_inputs, input_folders = _split_inputs(inputs)
+    # Unused by the mix (it crops with its own settings), but every stream needs them.
+    folders = [PageFolder(f, seed=seed, **common) for f in [*input_folders, *map(Path, pages)]]
+    if pages_fraction is not None and not (record_inputs and folders):
+        raise ConfigError("a pages fraction needs both WFDB records and folders of pages")
+    if not record_inputs:
+        if not folders:
+            raise ConfigError("no training records or pages given")
+        n_pages = sum(f.page_count() for f in folders)
+        if len(folders) == 1:
+            return folders[0], None, n_pages, 0
+        counts = [f.page_count() for f in folders]
+        return MixedPages(folders, counts, seed=seed, **common), None, n_pages, 0
+    fraction = DEFAULT_PAGES_FRACTION if pages_fraction is None else float(pages_fraction)
+    if folders and not 0.0 < fraction < 1.0:
+        raise ConfigError(f"the pages fraction must be between 0 and 1 (exclusive), got {pages_fraction!r}")
+    records = find_records(record_inputs)
+    validation, n_val = None, 0
+    if hold_out:
+        if len(records) < 2:
+            raise ConfigError("training needs at least 2 records (one is held out for validation)")
+        n_val = _held_out_count(len(records))
+        with RenderedPages(
+            records[-n_val:], list(profiles), seed=seed + 1, **dict(common, crops_per_page=4)
+        ) as held_out:
+            validation = FixedCrops.from_stream(held_out)
+        records = records[:-n_val]
+    rendered = RenderedPages(records, list(profiles), seed=seed, **common)
+    if not folders:
+        return rendered, validation, len(records), n_val
+    n_pages = sum(f.page_count() for f in folders)
+    # Each folder page is equally likely: a folder's weight is its share of the folder pages.
+    weights = [1.0 - fraction, *(fraction * f.page_count() / n_pages for f in folders)]
+    mixed = MixedPages(
+        [rendered, *folders], weights, pages_per_epoch=math.ceil(len(records) / (1.0 - fraction)),
+        seed=seed, **common,
+    )  # fmt: skip
+    return mixed, validation, len(records) + n_pages, n_val

@@ -24,20 +24,20 @@ from ecgdig import __version__
 from ecgdig.errors import DigitizationError, EcgdigError
 from ecgdig.io import atomic_write_text, read_image, write_image, write_record
 from ecgdig.layouts import load_layout
-from ecgdig.leads import STANDARD_LEADS, limb_lead_inconsistency
+from ecgdig.leads import STANDARD_LEADS
 from ecgdig.pipeline.grid import suppress_grid
 from ecgdig.pipeline.layout import (
     attach_lead_separators,
     find_rows,
     infer_layout,
-    layouts_for_row_count,
     rescale_from_layout,
 )
+from ecgdig.pipeline.layout_choice import choose_layout
 from ecgdig.pipeline.normalize import normalize
-from ecgdig.pipeline.segment import segment
+from ecgdig.pipeline.orient import MIN_BEATS, Orientation, apply_orientation, detect_orientation
+from ecgdig.pipeline.segment import DEFAULT_SEGMENTER, erase_ruled_lines, segment
 from ecgdig.pipeline.vectorize import (
     DEFAULT_FS_HZ,
-    VectorizedLeads,
     follow_trace,
     strip_time_to_x,
     traces_to_record,
@@ -71,11 +71,6 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".
 #: Files written beside a page by ``render`` (truth) or ``digitize --overlay``; folders skip them.
 _DERIVED_SUFFIXES = ("_mask", "_labels", "_overlay")
 logger = logging.getLogger(__name__)
-#: An alternative layout replaces the guessed one when its limb-lead residual is below this
-#: fraction of the guess's. On the 12 six-strip scanner and phone pages the right reading's
-#: residual was at most 0.64 of the wrong one's (0.55 against 0.86 on a blurred 6x2 page); with
-#: half, that page was read as 3x4+3 (1.0 dB instead of 10.9 dB).
-_LAYOUT_SWITCH_RATIO = 0.75
 _RECORD_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 #: Below this grid confidence the scale is re-derived from the strip length or calibration pulse.
 _TRUSTED_SCALE_CONFIDENCE = 0.5
@@ -107,6 +102,9 @@ class DigitizeOptions:
         Scale the page is resampled to before segmentation.
     min_confidence : float
         Leads whose fraction of found trace is below this are written as NaN (abstain).
+    orient : bool
+        Turn pages scanned sideways, upside down or mirrored upright first, and refuse images in
+        which no heartbeat is seen (see :mod:`ecgdig.pipeline.orient`); False reads the page as it is.
     """
 
     layout: str | None = None
@@ -114,11 +112,12 @@ class DigitizeOptions:
     mm_per_mv: float | None = None
     fs_hz: float = DEFAULT_FS_HZ
     duration_s: float | None = None
-    segmenter: str = "classical"
+    segmenter: str = DEFAULT_SEGMENTER
     model_path: str | None = None
     threads: int | None = None
     target_px_per_mm: float = 8.0
     min_confidence: float = 0.25
+    orient: bool = True
 
 
 @dataclass(frozen=True)
@@ -147,6 +146,8 @@ class DigitizationResult:
         Seconds spent in each stage.
     warnings : list of str
         Doubtful steps, from every stage.
+    orientation : Orientation or None
+        The turn or mirror applied to the input before everything else (None when not checked).
     """
 
     record: EcgRecord
@@ -159,6 +160,7 @@ class DigitizationResult:
     layout: PageLayout
     timings_s: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    orientation: Orientation | None = None
 
 
 def digitize_image(
@@ -195,8 +197,19 @@ def digitize_image(
         timings[stage] = round(now - clock, 4)
         clock = now
 
+    orientation = detect_orientation(image) if options.orient else None
+    turned: list[str] = []
+    if orientation is not None and not orientation.is_identity:
+        image = apply_orientation(image, orientation)
+        turned = [
+            f"page {orientation.describe()} to make it upright (confidence {orientation.confidence:.2f}; "
+            "see the sidecar's orientation evidence); pass --no-orient if it already was"
+        ]
+    lap("orient")
     page = normalize(image, target_px_per_mm=options.target_px_per_mm)
     lap("normalize")
+    if orientation is not None:
+        _refuse_non_ecg(orientation, page)
     # The learned segmenter reads the page itself; only the classical one needs the grid removed.
     grid = suppress_grid(page) if options.segmenter == "classical" else None
     lap("grid")
@@ -229,8 +242,24 @@ def digitize_image(
         traces=vectorized.traces,
         layout=vectorized.layout,
         timings_s=timings,
-        warnings=list(page.warnings) + vectorized.warnings,
+        warnings=turned + list(page.warnings) + vectorized.warnings,
+        orientation=orientation,
     )
+
+
+def _refuse_non_ecg(orientation: Orientation, page: NormalizedPage) -> None:
+    """Raise if neither a grid nor heartbeats were seen: noise, a photo of anything else, text.
+
+    Every real page measured showed at least 2 QRS complexes in every orientation (a photo of two
+    leads), and those with so few had a grid; an image with no complex at all is no ECG page.
+    """
+    no_grid = page.px_per_mm_confidence < 0.3
+    if orientation.beats == 0 or (no_grid and orientation.beats < MIN_BEATS):
+        found = "no grid and " if no_grid else ""
+        raise DigitizationError(
+            f"does not look like an ECG page: {found}no heartbeat (QRS complex) seen along any strip; "
+            "pass --no-orient to digitize it anyway"
+        )
 
 
 @dataclass(frozen=True)
@@ -282,6 +311,7 @@ def vectorize_probability(
         If no strip of trace is found.
     """
     options = options or DigitizeOptions()
+    probability = erase_ruled_lines(probability, px_per_mm)
     rows = find_rows(probability, px_per_mm)
     traces = [follow_trace(probability, band, px_per_mm) for band in rows]
     template = load_layout(options.layout) if options.layout else None
@@ -317,7 +347,16 @@ def vectorize_probability(
     layout = attach_lead_separators(layout, probability, traces)
     vectorized = traces_to_record(traces, layout, fs_hz=options.fs_hz, name=name)
     if template is None:
-        layout, vectorized = _most_consistent_layout(layout, probability, traces, vectorized, options, name)
+        layout, vectorized, _ = choose_layout(
+            layout,
+            probability,
+            traces,
+            fs_hz=options.fs_hz,
+            name=name,
+            mm_per_s=options.mm_per_s,
+            mm_per_mv=options.mm_per_mv,
+            duration_s=options.duration_s,
+        )
     record = vectorized.record
     abstained = [lead for lead, c in vectorized.confidence.items() if c < options.min_confidence]
     warnings = list(layout.warnings)
@@ -328,55 +367,6 @@ def vectorize_probability(
         record = replace(record, signal_mv=signal)
         warnings.append(f"too little trace found for {', '.join(abstained)}: written as NaN")
     return VectorizedPage(record, vectorized.confidence, rows, traces, layout, warnings)
-
-
-def _most_consistent_layout(
-    layout: PageLayout,
-    probability: np.ndarray,
-    traces: list[RowTrace | None],
-    vectorized: VectorizedLeads,
-    options: DigitizeOptions,
-    name: str,
-) -> tuple[PageLayout, VectorizedLeads]:
-    """Among the layouts with the guessed one's strip count, keep the one whose limb leads agree.
-
-    Six strips are a 3x4 block with three rhythm strips, or six rows of two 5 s leads (6x2), or
-    the six limb leads (6x1). Reading the page each way and checking I - II + III = 0 and
-    aVR + aVL + aVF = 0 tells them apart; an alternative wins only if it is clearly more
-    consistent (``_LAYOUT_SWITCH_RATIO`` of the guessed layout's residual), so noisy pages keep
-    the usual guess.
-    """
-    alternatives = [n for n in layouts_for_row_count(len(layout.rows)) if n != layout.template_name]
-    if not alternatives:
-        return layout, vectorized
-    best_score = limb_lead_inconsistency(vectorized.record.signal_mv, vectorized.record.lead_names)
-    if best_score is None:
-        return layout, vectorized
-    guessed = layout.template_name
-    best = (layout, vectorized)
-    for alternative in alternatives:
-        candidate = infer_layout(
-            list(layout.rows),
-            traces,
-            layout.px_per_mm,
-            template=load_layout(alternative),
-            mm_per_s=options.mm_per_s,
-            mm_per_mv=options.mm_per_mv,
-            duration_s=options.duration_s,
-        )
-        candidate = attach_lead_separators(candidate, probability, traces)
-        leads = traces_to_record(traces, candidate, fs_hz=options.fs_hz, name=name)
-        score = limb_lead_inconsistency(leads.record.signal_mv, leads.record.lead_names)
-        if score is not None and score < _LAYOUT_SWITCH_RATIO * best_score:
-            best_score, best = score, (candidate, leads)
-    chosen, leads = best
-    if chosen.template_name != guessed:
-        note = (
-            f"{len(chosen.rows)} strips read as {chosen.template_name}, not {guessed}: its limb leads "
-            "obey I - II + III = 0 and aVR + aVL + aVF = 0; pass --layout if this is wrong"
-        )
-        chosen = replace(chosen, warnings=(*layout.warnings, note))
-    return chosen, leads
 
 
 def sidecar(result: DigitizationResult, *, source: Path | None = None) -> dict[str, object]:
@@ -408,6 +398,14 @@ def sidecar(result: DigitizationResult, *, source: Path | None = None) -> dict[s
         "scale_method": result.page.scale_method,
         "rotation_deg": round(result.page.rotation_deg, 3),
         "perspective_corrected": result.page.perspective_corrected,
+        "orientation": None
+        if result.orientation is None
+        else {
+            "quarter_turns": result.orientation.quarter_turns,
+            "mirrored": result.orientation.mirrored,
+            "confidence": result.orientation.confidence,
+            "evidence": result.orientation.evidence,
+        },
         "grid_colour": None if result.grid is None else result.grid.grid_colour,
         "grid_leakage": None if result.grid is None else round(result.grid.leakage, 4),
         "segmenter": result.probability.segmenter,
@@ -459,14 +457,14 @@ def draw_overlay(result: DigitizationResult) -> np.ndarray:
     px_per_mv = layout.px_per_mm * layout.mm_per_mv
     t = np.arange(result.record.n_samples) / result.record.fs_hz
     palette = [(220, 20, 60), (0, 90, 200), (0, 150, 60)]
-    for k, (lead, row, start_s, end_s) in enumerate(layout.panels):
+    for k, (lead, row, start_s, end_s, shift_s) in enumerate(layout.panels):
         if lead not in result.record.lead_names:
             continue
         values = result.record.lead(lead)
-        window = (t >= start_s) & (t < end_s) & np.isfinite(values)
+        window = (t >= start_s - shift_s) & (t < end_s - shift_s) & np.isfinite(values)
         if not np.any(window):
             continue
-        x = strip_time_to_x(layout, row, t[window])
+        x = strip_time_to_x(layout, row, t[window] + shift_s)
         y = layout.rows[row].baseline_px - values[window] * px_per_mv
         points = np.round(np.stack([x, y], axis=1) * 4).astype(np.int32).reshape(-1, 1, 2)
         cv2.polylines(canvas, [points], False, palette[k % len(palette)], 1, cv2.LINE_AA, shift=2)

@@ -220,6 +220,10 @@ def _hue_family(rgb: np.ndarray) -> str:
     r, g, b = (float(v) / 255.0 for v in rgb)
     mx, mn = max(r, g, b), min(r, g, b)
     delta = mx - mn
+    # The typical grid darkness can be tinted while its heaviest lines are neutral (a photo of
+    # anything but an ECG): no hue to name then.
+    if delta < 1e-6:
+        return "black" if 1.0 - mx > 0.6 else "grey"
     if mx == r:
         hue = (60.0 * ((g - b) / delta)) % 360.0
     elif mx == g:

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from scipy.ndimage import binary_closing, uniform_filter1d
+from scipy.ndimage import binary_closing, maximum_filter1d, uniform_filter1d
 from scipy.signal import find_peaks
 
 from ecgdig.errors import DigitizationError
-from ecgdig.layouts import LayoutTemplate, load_layout
+from ecgdig.layouts import LayoutTemplate, layouts_by_strip_count, load_layout
 from ecgdig.types import CalibrationPulse, PageLayout, RowBand, RowTrace
 
 __all__ = [
@@ -51,15 +51,6 @@ STANDARD_SPEEDS_MM_PER_S = (25.0, 50.0)
 #: 5 mm wide at 25 mm/s, 10 mm at 50 mm/s.
 CALIBRATION_PULSE_S = 0.2
 
-#: Layouts printed with this many strips, the usual one first (guessed when the user names none);
-#: the others are tried by the vectorizer, whose limb-lead identities choose among them.
-_LAYOUTS_BY_ROW_COUNT: dict[int, tuple[str, ...]] = {
-    3: ("3x4",),
-    4: ("3x4+1",),
-    5: ("3x4+2",),
-    6: ("3x4+3", "6x2", "6x1"),
-    12: ("12x1",),
-}
 #: Strips closer than this (mm) are one strip.
 _MIN_ROW_SPACING_MM = 8.0
 #: A trace has ink in at least this fraction of the columns it spans; text does not.
@@ -92,19 +83,14 @@ def find_rows(probability: np.ndarray, px_per_mm: float, *, threshold: float = 0
         If no strip of trace is found.
     """
     mask = probability >= threshold
-    n_rows, n_cols = mask.shape
+    n_rows = mask.shape[0]
     reach = max(1, round(1.5 * px_per_mm))
-    # Column coverage near each row: is there any ink within +-1.5 mm of it in that column?
-    cum = np.vstack([np.zeros((1, n_cols), dtype=np.int32), np.cumsum(mask, axis=0, dtype=np.int32)])
-    lo = np.clip(np.arange(n_rows) - reach, 0, n_rows)
-    hi = np.clip(np.arange(n_rows) + reach + 1, 0, n_rows)
-    ink_cols = (cum[hi] - cum[lo]) > 0
     active = np.nonzero(mask.any(axis=0))[0]
     if active.size == 0:
         raise DigitizationError("no trace ink found on the page")
-    span = slice(active[0], active[-1] + 1)
-    coverage = ink_cols[:, span].mean(axis=1)
+    coverage = _row_coverage(mask, px_per_mm, _trace_span(mask))
     smooth = uniform_filter1d(coverage, size=max(3, round(px_per_mm)), mode="nearest")
+    span = slice(active[0], active[-1] + 1)
     best = float(smooth.max())
     if best < 0.2:
         raise DigitizationError(f"no strip of ECG trace found (best row coverage {best:.0%})")
@@ -135,6 +121,40 @@ def find_rows(probability: np.ndarray, px_per_mm: float, *, threshold: float = 0
     return bands
 
 
+def _trace_span(mask: np.ndarray) -> slice:
+    """Return the columns the strips span: where the middle 98 % of the ink's columns lie.
+
+    A speck at the page's edge (a scanner border, a header letter) must not widen the span, or
+    every strip's coverage falls with it.
+    """
+    ink_per_col = mask.sum(axis=0).astype(np.float64)
+    cdf = np.cumsum(ink_per_col) / max(1.0, float(ink_per_col.sum()))
+    first = int(np.searchsorted(cdf, 0.01))
+    last = int(np.searchsorted(cdf, 0.99))
+    return slice(first, max(first + 1, last + 1))
+
+
+def _row_coverage(mask: np.ndarray, px_per_mm: float, span: slice) -> np.ndarray:
+    """Return, per page row, the fraction of the span's columns with ink near that row.
+
+    "Near" is within 1.5 mm, and the row may wander by up to another 2 mm from one 10 mm block
+    of columns to the next: a strip whose baseline drifts (lead III on ecg-image-kit pages drifts
+    by several mm over 2.5 s) still covers its row, where one fixed row would lose half of it.
+    """
+    n_rows = mask.shape[0]
+    reach = max(1, round(1.5 * px_per_mm))
+    block = max(1, round(10.0 * px_per_mm))
+    sub = mask[:, span]
+    cum = np.vstack([np.zeros((1, sub.shape[1]), dtype=np.int32), np.cumsum(sub, axis=0, dtype=np.int32)])
+    lo = np.clip(np.arange(n_rows) - reach, 0, n_rows)
+    hi = np.clip(np.arange(n_rows) + reach + 1, 0, n_rows)
+    ink_cols = (cum[hi] - cum[lo]) > 0
+    n_blocks = max(1, sub.shape[1] // block)
+    per_block = np.stack([chunk.mean(axis=1) for chunk in np.array_split(ink_cols, n_blocks, axis=1)], axis=1)
+    wander = 2 * max(1, round(2.0 * px_per_mm)) + 1
+    return maximum_filter1d(per_block, size=wander, axis=0, mode="nearest").mean(axis=1)
+
+
 def layouts_for_row_count(n_rows: int) -> tuple[str, ...]:
     """Return the names of the layouts printed with ``n_rows`` strips, the usual one first.
 
@@ -148,7 +168,7 @@ def layouts_for_row_count(n_rows: int) -> tuple[str, ...]:
     tuple of str
         Layout names; empty if no shipped layout has that many strips.
     """
-    return _LAYOUTS_BY_ROW_COUNT.get(n_rows, ())
+    return layouts_by_strip_count().get(n_rows, ())
 
 
 def template_for_row_count(n_rows: int) -> LayoutTemplate:
@@ -190,11 +210,11 @@ def _drop_weakest_rows(
     continuous = [
         i for i, t in enumerate(traces) if t is not None and float(np.mean(t.found)) >= _MIN_TRACE_CONTINUITY
     ]
-    if len(continuous) < len(rows) and len(continuous) in _LAYOUTS_BY_ROW_COUNT:
+    if len(continuous) < len(rows) and len(continuous) in layouts_by_strip_count():
         keep = continuous
     else:
-        counts = sorted(c for c in _LAYOUTS_BY_ROW_COUNT if c <= len(rows))
-        if len(rows) in _LAYOUTS_BY_ROW_COUNT or not counts:
+        counts = sorted(c for c in layouts_by_strip_count() if c <= len(rows))
+        if len(rows) in layouts_by_strip_count() or not counts:
             return rows, traces, 0
         strength = [
             band.coverage if trace is not None else -1.0 for band, trace in zip(rows, traces, strict=True)
@@ -382,7 +402,9 @@ def infer_layout(
         )
 
     panels = tuple(
-        (p.lead, p.row, *p.time_window_s(duration_s)) for p in template.panels() if p.row < len(rows)
+        (p.lead, p.row, *p.time_window_s(duration_s), p.shift_fraction * duration_s)
+        for p in template.panels()
+        if p.row < len(rows)
     )
     return PageLayout(
         template_name=template.name,

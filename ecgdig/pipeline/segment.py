@@ -34,14 +34,22 @@ from ecgdig.errors import ConfigError, ModelFileError
 from ecgdig.pipeline.grid import suppress_grid
 from ecgdig.types import GridSuppression, NormalizedPage, TraceProbability
 
-__all__ = ["SEGMENTERS", "segment"]
+__all__ = ["DEFAULT_SEGMENTER", "SEGMENTERS", "erase_ruled_lines", "lighten_cool_grid", "segment"]
 
 #: Names accepted by :func:`segment`.
 SEGMENTERS = ("classical", "unet")
+#: The segmenter used unless one is named: the shipped U-Net, better than the classical one on
+#: every page set measured (docs/benchmarks.md).
+DEFAULT_SEGMENTER = "unet"
 
-#: Length (mm) of a perfectly horizontal / vertical run that is taken for a ruled line.
+#: Length (mm) of a perfectly horizontal / vertical run that is taken for a ruled line: no ECG
+#: stays on one pixel row for 1.6 s, and the tallest QRS flank leans by a column before 25 mm.
 _LINE_MM_H = 40.0
 _LINE_MM_V = 25.0
+#: Length (mm) of a straight run erased from any segmenter's map as a frame or a page edge. Longer
+#: than the classical segmenter's rule: the U-Net's thick strokes make a deep S wave's flank a
+#: straight vertical run of 25 mm and more (a clean page's V2: 19.6 -> 17.7 dB at 25 mm).
+_FRAME_LINE_MM = 60.0
 #: Components thicker than this (mm) anywhere are solid blocks, not traces.
 _MAX_THICKNESS_MM = 2.0
 
@@ -50,7 +58,7 @@ def segment(
     page: NormalizedPage,
     *,
     grid: GridSuppression | None = None,
-    segmenter: str = "classical",
+    segmenter: str = DEFAULT_SEGMENTER,
     model_path: str | Path | None = None,
     threads: int | None = None,
 ) -> TraceProbability:
@@ -118,7 +126,7 @@ def _learned(page: NormalizedPage, model_path: str | Path | None, threads: int |
     if not path.is_file():
         raise ModelFileError("no such model file", path)
     model, header = _cached_model(str(path.resolve()), path.stat().st_mtime_ns)
-    image = page.image
+    image = lighten_cool_grid(page.image)
     factor = header.px_per_mm / page.px_per_mm
     rows, cols = image.shape[:2]
     if abs(factor - 1.0) > 0.01:
@@ -131,6 +139,53 @@ def _learned(page: NormalizedPage, model_path: str | Path | None, threads: int |
         probability=np.clip(probability, 0.0, 1.0).astype(np.float32),
         segmenter=f"unet:{path.name}",
     )
+
+
+#: Hues (degrees) of grids the shipped model reads poorly: green, cyan, blue, violet. Red, orange,
+#: pink and brown grids are left alone (their brightest channel hid a brown grid less well than
+#: the model reads it: eik005 15.9 -> 13.5 dB).
+_COOL_HUES_DEG = (75.0, 285.0)
+#: Coloured marks must be this share of the marked pixels for the page to have a coloured grid.
+_COLOURED_SHARE = 0.5
+
+
+def lighten_cool_grid(image: np.ndarray) -> np.ndarray:
+    """Return the page with a green or blue grid turned light grey, other pages unchanged.
+
+    Trace and text ink is dark in every channel, whereas a coloured grid line is bright in at
+    least one: the brightest channel keeps the ink and turns the grid into a pale grey one. The
+    shipped model reads dark blue and green grids badly (ecg-image-kit pages: 4-13 dB, the
+    calibration pulse often lost), and grey grids well (15-17 dB); on those pages the brightest
+    channel scored 15-18 dB.
+
+    Parameters
+    ----------
+    image : (rows, cols, 3) ndarray of uint8
+        RGB page.
+
+    Returns
+    -------
+    ndarray
+        ``image`` itself, or its brightest channel repeated in R, G and B.
+    """
+    step = max(1, round(np.sqrt(image.shape[0] * image.shape[1] / 250_000)))
+    thumb = np.ascontiguousarray(image[::step, ::step])
+    hsv = cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV_FULL)
+    brightest = hsv[..., 2].astype(np.float32)
+    chroma = hsv[..., 1].astype(np.float32) * brightest / 255.0
+    darkness = 255.0 - thumb.mean(axis=2)
+    marked = (darkness > 20.0) | (chroma > 20.0)
+    coloured = marked & (chroma > 0.3 * darkness + 10.0)
+    n_marked = max(1, int(np.count_nonzero(marked)))
+    if int(np.count_nonzero(coloured)) < _COLOURED_SHARE * n_marked:
+        return image
+    hue = hsv[..., 0][coloured].astype(np.float64) * (2.0 * np.pi / 256.0)
+    dominant = float(np.degrees(np.angle(np.mean(np.exp(1j * hue))))) % 360.0
+    if not _COOL_HUES_DEG[0] <= dominant <= _COOL_HUES_DEG[1]:
+        return image
+    red, green, blue = cv2.split(image)
+    brightest_channel = cv2.max(cv2.max(red, green), blue)
+    return cv2.merge([brightest_channel, brightest_channel, brightest_channel])
 
 
 @functools.lru_cache(maxsize=2)
@@ -187,6 +242,41 @@ def _classical(ink: np.ndarray, px_per_mm: float) -> TraceProbability:
     return TraceProbability(
         probability=probability.astype(np.float32), segmenter="classical", extras={"mask": kept}
     )
+
+
+def erase_ruled_lines(probability: np.ndarray, px_per_mm: float, *, threshold: float = 0.5) -> np.ndarray:
+    """Return the trace probability with long, perfectly straight horizontal and vertical lines zeroed.
+
+    Lines of at least ``_FRAME_LINE_MM`` (60 mm) along a row or a column are erased.
+
+    A learned segmenter marks any thin dark line as trace, including the frame ecg-image-kit draws
+    round its pages (a box inside a white border) and a scan's page edge; read as trace, such a
+    line becomes a strip of its own or stretches every strip's span. The classical segmenter
+    drops shorter straight lines from its ink mask.
+
+    Parameters
+    ----------
+    probability : (rows, cols) ndarray of float
+        Trace probability in [0, 1].
+    px_per_mm : float
+        Page scale.
+    threshold : float, optional
+        Probability above which a pixel is ink.
+
+    Returns
+    -------
+    ndarray
+        A copy with the lines (and the pixel either side, their antialiased edge) set to 0, or
+        ``probability`` itself if it has none.
+    """
+    mask = (probability >= threshold).astype(np.uint8)
+    length = max(15, round(_FRAME_LINE_MM * px_per_mm))
+    ruled = _straight_runs(mask, length, length)
+    if not ruled.any():
+        return probability
+    out = probability.copy()
+    out[cv2.dilate(ruled, np.ones((3, 3), np.uint8)).astype(bool)] = 0.0
+    return out
 
 
 def _hysteresis(values: np.ndarray, low: float, high: float) -> np.ndarray:

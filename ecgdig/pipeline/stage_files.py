@@ -16,7 +16,7 @@ from ecgdig.io import atomic_write_text, read_image, write_image, write_record
 from ecgdig.pipeline.digitize import DigitizeOptions, record_name_for, vectorize_probability
 from ecgdig.pipeline.grid import suppress_grid
 from ecgdig.pipeline.normalize import normalize
-from ecgdig.pipeline.segment import segment
+from ecgdig.pipeline.segment import DEFAULT_SEGMENTER, segment
 from ecgdig.types import NormalizedPage
 
 __all__ = ["grid_file", "load_page", "normalize_file", "segment_file", "vectorize_file"]
@@ -116,7 +116,7 @@ def segment_file(
     source: str | Path,
     out_png: str | Path,
     *,
-    segmenter: str = "classical",
+    segmenter: str = DEFAULT_SEGMENTER,
     model_path: str | Path | None = None,
     threads: int | None = None,
 ) -> dict[str, object]:

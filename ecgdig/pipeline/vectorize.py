@@ -26,7 +26,15 @@ from ecgdig.leads import STANDARD_LEADS
 from ecgdig.pipeline.layout import DEFAULT_DURATION_S
 from ecgdig.types import EcgRecord, PageLayout, RowBand, RowTrace
 
-__all__ = ["DEFAULT_FS_HZ", "VectorizedLeads", "follow_trace", "strip_time_to_x", "traces_to_record"]
+__all__ = [
+    "DEFAULT_FS_HZ",
+    "PanelSignal",
+    "VectorizedLeads",
+    "follow_trace",
+    "panel_signals",
+    "strip_time_to_x",
+    "traces_to_record",
+]
 
 DEFAULT_FS_HZ = 500.0
 #: Most runs considered in one column; more means text or noise, and the ones nearest the
@@ -49,6 +57,11 @@ _STEEP_ROW_SLACK_PX = 1.0
 #: A tall run between flat columns at most this many stroke widths (+2 px) apart can be another
 #: strip's stroke crossing ours; a longer tall stretch is our own QRS.
 _CROSSING_MAX_COLUMNS_PER_WIDTH = 2.0
+#: Bands shorter than this (mm; 0.75 of the strip spacing each way, so strips under about 17 mm
+#: apart: twelve-row pages) belong to a crowded page, whose tall complexes are followed beyond the
+#: band. Measured: ecg-image-kit's 12x1 page 5.9 -> 9.2 dB, a rendered scanner 12x1 page 14.6 ->
+#: 12.8; at 40 mm a six-strip page 26 mm apart lost its V3 (14.5 -> 2.4 dB) to a crossing stroke.
+_CROWDED_BAND_MM = 25.0
 #: Farthest (px) a peak's apex is moved from its column's centre towards the ink's centre.
 _APEX_SHIFT_LIMIT_PX = 0.45
 
@@ -114,11 +127,27 @@ def follow_trace(
     RowTrace or None
         The followed centre line in page coordinates, or None if the band holds no trace.
     """
-    top_px = max(0, int(band.top_px))
-    bottom_px = min(probability.shape[0] - 1, int(band.bottom_px))
+    band_top = max(0, int(band.top_px))
+    band_bottom = min(probability.shape[0] - 1, int(band.bottom_px))
+    # On a crowded page (ecg-image-kit's 12x1: strips 14 mm apart) runs are read in a
+    # window one band taller each way and kept if they reach into the band: a tall complex runs
+    # on into the next strip, and cutting it at the band's edge clipped every QRS. Where strips
+    # are far apart a run that long is another strip's stroke crossing ours (a clean 3x4 page's V2
+    # followed V1's deep S wave up: 19.6 -> -2.3 dB).
+    reach = band_bottom - band_top if band_bottom - band_top < _CROWDED_BAND_MM * px_per_mm else 0
+    top_px = max(0, band_top - reach)
+    bottom_px = min(probability.shape[0] - 1, band_bottom + reach)
     sub_prob = probability[top_px : bottom_px + 1]
     mask = sub_prob >= threshold
     col, top, bottom, centroid, mass = _column_runs(mask, sub_prob)
+    in_band = (bottom >= band_top - top_px) & (top <= band_bottom - top_px)
+    col, top, bottom, centroid, mass = (
+        col[in_band],
+        top[in_band],
+        bottom[in_band],
+        centroid[in_band],
+        mass[in_band],
+    )
     if col.size == 0:
         return None
     baseline = band.baseline_px - top_px
@@ -505,18 +534,77 @@ def traces_to_record(
     panel; the shorter panel only fills samples the longer one leaves empty.
     """
     n_samples = round(max(layout.duration_s, DEFAULT_DURATION_S) * fs_hz)
-    t = np.arange(n_samples) / fs_hz
     signal = np.full((n_samples, len(STANDARD_LEADS)), np.nan)
     found_fraction: dict[str, float] = {}
+    # Longest panels first, so that shorter duplicates only fill in.
+    for panel in sorted(panel_signals(traces, layout, fs_hz=fs_hz), key=lambda p: p.start - p.stop):
+        column = STANDARD_LEADS.index(panel.lead)
+        target = signal[panel.start : panel.stop, column]
+        empty = np.isnan(target)
+        target[empty] = panel.mv[empty]
+        found_fraction[panel.lead] = max(found_fraction.get(panel.lead, 0.0), panel.coverage)
+    record = EcgRecord(name=name, signal_mv=signal, fs_hz=fs_hz, lead_names=STANDARD_LEADS)
+    return VectorizedLeads(record=record, confidence=found_fraction)
+
+
+@dataclass(frozen=True)
+class PanelSignal:
+    """One printed panel read off the page, in mV at record times.
+
+    Attributes
+    ----------
+    lead : str
+        The lead the layout says the panel shows.
+    row : int
+        Its strip.
+    start, stop : int
+        Record samples ``[start, stop)`` it covers at the output rate.
+    mv : (stop - start,) ndarray of float
+        The signal, NaN where no trace was found.
+    coverage : float
+        Fraction of the panel's columns with trace ink found.
+    """
+
+    lead: str
+    row: int
+    start: int
+    stop: int
+    mv: np.ndarray
+    coverage: float
+
+
+def panel_signals(
+    traces: list[RowTrace | None], layout: PageLayout, *, fs_hz: float = DEFAULT_FS_HZ
+) -> list[PanelSignal]:
+    """Read every panel of ``layout`` off the followed strips, each at the record times it shows.
+
+    Parameters
+    ----------
+    traces : list of RowTrace or None
+        One per strip of ``layout.rows``.
+    layout : PageLayout
+        Lead placement, scale, speed and gain.
+    fs_hz : float, optional
+        Output sampling rate in Hz.
+
+    Returns
+    -------
+    list of PanelSignal
+        One per panel of a standard lead whose strip has a trace, in the layout's panel order.
+    """
+    n_samples = round(max(layout.duration_s, DEFAULT_DURATION_S) * fs_hz)
+    t = np.arange(n_samples) / fs_hz
     px_per_mv = layout.px_per_mm * layout.mm_per_mv
     max_gap_px = _MAX_INTERPOLATED_GAP_MM * layout.px_per_mm
-    # Longest panels first, so that shorter duplicates only fill in.
-    for lead, row, start_s, end_s in sorted(layout.panels, key=lambda p: p[2] - p[3]):
+    out: list[PanelSignal] = []
+    for lead, row, start_s, end_s, shift_s in layout.panels:
         trace = traces[row] if row < len(traces) else None
         if trace is None or lead not in STANDARD_LEADS:
             continue
-        in_window = (t >= start_s - 1e-9) & (t < end_s - 1e-9)
-        x = strip_time_to_x(layout, row, t[in_window])
+        in_window = np.nonzero((t >= start_s - shift_s - 1e-9) & (t < end_s - shift_s - 1e-9))[0]
+        if in_window.size == 0:
+            continue
+        x = strip_time_to_x(layout, row, t[in_window] + shift_s)
         y = _trace_height(trace, layout, row, x)
         col_index = np.round(x).astype(np.int64) - trace.x_first
         inside = (col_index >= 0) & (col_index < trace.found.size)
@@ -525,16 +613,10 @@ def traces_to_record(
             near_ink[inside] = _within_gap(trace.found, max_gap_px)[col_index[inside]]
         mv = (layout.rows[row].baseline_px - y) / px_per_mv
         mv[~near_ink] = np.nan
-        column = STANDARD_LEADS.index(lead)
-        target = signal[in_window, column]
-        empty = np.isnan(target)
-        target[empty] = mv[empty]
-        signal[in_window, column] = target
         found_here = float(np.mean(trace.found[col_index[inside]])) if np.any(inside) else 0.0
-        coverage = found_here * float(np.mean(inside)) if x.size else 0.0
-        found_fraction[lead] = max(found_fraction.get(lead, 0.0), coverage)
-    record = EcgRecord(name=name, signal_mv=signal, fs_hz=fs_hz, lead_names=STANDARD_LEADS)
-    return VectorizedLeads(record=record, confidence=found_fraction)
+        coverage = found_here * float(np.mean(inside))
+        out.append(PanelSignal(lead, row, int(in_window[0]), int(in_window[-1]) + 1, mv, coverage))
+    return out
 
 
 def _within_gap(found: np.ndarray, max_gap_px: float) -> np.ndarray:

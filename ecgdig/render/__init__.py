@@ -25,9 +25,18 @@ from ecgdig.render.page import (
     render_page,
 )
 from ecgdig.render.profiles import SiteProfile, available_profiles, load_profile, sample_settings
-from ecgdig.render.settings import GRID_COLOURS, GRID_PALETTES, Degradation, RenderSettings
+from ecgdig.render.settings import (
+    ECG_IMAGE_KIT_GRID_RGB,
+    GRID_COLOURS,
+    GRID_PALETTES,
+    Degradation,
+    RenderSettings,
+    kelvin_rgb,
+    random_grid_rgb,
+)
 
 __all__ = [
+    "ECG_IMAGE_KIT_GRID_RGB",
     "GRID_COLOURS",
     "GRID_PALETTES",
     "PULSE_HEIGHT_MV",
@@ -41,9 +50,11 @@ __all__ = [
     "SiteProfile",
     "available_profiles",
     "find_records",
+    "kelvin_rgb",
     "load_profile",
     "page_geometry",
     "page_rng",
+    "random_grid_rgb",
     "render_page",
     "render_to_files",
     "sample_settings",

@@ -2,9 +2,11 @@
 
 The order is physical: :func:`paper_effects` acts on the flat sheet (creases, wrinkle shading, pen
 scribbles), :func:`plan_warp` / :func:`warp_page` place the sheet in the image (rotation,
-perspective, scale, background around it) and move the trace mask and label map with it (nearest
-neighbour) so the truth stays exact, and :func:`camera_effects` adds uneven light, a shadow, blur,
-noise, a tone curve and yellowing, optional black-and-white thresholding and JPEG compression.
+perspective, scale, a crop resized back, background around it) and move the trace mask and label
+map with it (nearest neighbour) so the truth stays exact, and :func:`camera_effects` adds uneven
+light, a shadow, blur, noise, a tone curve, yellowing and the light's colour temperature, optional
+black-and-white thresholding and JPEG compression. ecg-image-kit's imgaug chain (rotation with black
+corners, Gaussian noise, crop, colour temperature) is this chain with ``background="black"``.
 
 Every function draws from the ``rng`` it is given, in a fixed order, so a page is reproducible from
 its seed. None of this needs a neural network (ecg-image-kit's handwriting uses one; our scribbles
@@ -21,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ecgdig.render.draw import Stroke, composite, rasterize_strokes
-from ecgdig.render.settings import Degradation
+from ecgdig.render.settings import Degradation, kelvin_rgb
 
 __all__ = [
     "Warp",
@@ -230,7 +232,9 @@ def plan_warp(page_shape: tuple[int, int], degradation: Degradation, rng: np.ran
 
     The page is scaled by ``scale``, rotated by ``rotation_deg`` about its centre
     (counter-clockwise as displayed), centred on a canvas ``1 + 2 * background_margin`` times the
-    page size, and each corner is then moved by up to ``perspective`` times the short side.
+    page size, and each corner is then moved by up to ``perspective`` times the short side. Last,
+    ``crop`` cuts ``round(crop * size)`` pixels from each side of the canvas and resizes it back,
+    as imgaug's ``Crop(percent, keep_size=True)`` does in ecg-image-kit: a zoom about the centre.
     """
     d = degradation
     if not d.is_geometric:
@@ -246,6 +250,11 @@ def plan_warp(page_shape: tuple[int, int], degradation: Degradation, rng: np.ran
     dst = centre_out + (src - centre_in) @ rot.T * d.scale
     jitter = rng.uniform(-1.0, 1.0, (4, 2)) * d.perspective * min(rows, cols) * d.scale
     dst = dst + jitter
+    if d.crop > 0.0:
+        # Kept pixels [k - 0.5, n - k - 0.5] stretch over [-0.5, n - 0.5]: about the centre by n / (n - 2k).
+        cut = np.array([round(d.crop * out_cols), round(d.crop * out_rows)], np.float64)
+        size = np.array([out_cols, out_rows], np.float64)
+        dst = centre_out + (dst - centre_out) * size / (size - 2.0 * cut)
     homography = cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32))
     return Warp(homography=homography.astype(np.float64), output_shape=(out_rows, out_cols))
 
@@ -253,6 +262,8 @@ def plan_warp(page_shape: tuple[int, int], degradation: Degradation, rng: np.ran
 def _background(shape: tuple[int, int], kind: str, rng: np.random.Generator) -> np.ndarray:
     """Make a background texture (uint8 RGB) for the area around the paper."""
     rows, cols = shape
+    if kind == "black":  # ecg-image-kit's rotation fills the corners with 0
+        return np.zeros((rows, cols, 3), np.uint8)
     if kind == "white":
         base, texture = np.array([250.0, 250.0, 248.0]) - rng.uniform(0, 10), 1.0
     elif kind == "grey":
@@ -307,7 +318,7 @@ def warp_page(
 def camera_effects(
     image: np.ndarray, degradation: Degradation, rng: np.random.Generator
 ) -> tuple[np.ndarray, bytes | None]:
-    """Lighting, optics and sensor: uneven light, shadow, blur, noise, gamma, sepia, B/W, JPEG.
+    """Lighting, optics and sensor: uneven light, shadow, blur, noise, gamma, sepia, colour, B/W, JPEG.
 
     Returns
     -------
@@ -349,10 +360,12 @@ def camera_effects(
         noise *= np.float32(d.noise_sigma * np.sqrt(6.0))
         grain = np.rint(noise).astype(np.int16)
         image = cv2.add(image, cv2.merge([grain, grain, grain]), dtype=cv2.CV_8U)
-    if d.gamma != 1.0 or d.sepia > 0.0:
-        # Tone curve and yellowing in one per-channel lookup table.
+    if d.gamma != 1.0 or d.sepia > 0.0 or d.colour_temperature_k is not None:
+        # Tone curve, yellowing and the light's colour in one per-channel lookup table.
         levels = 255.0 * (np.arange(256) / 255.0) ** d.gamma
         channel_gain = 1.0 - d.sepia * np.array([0.0, 0.12, 0.32])
+        if d.colour_temperature_k is not None:
+            channel_gain = channel_gain * np.array(kelvin_rgb(d.colour_temperature_k))
         lut = np.clip(levels[:, None] * channel_gain[None, :] + 0.5, 0, 255).astype(np.uint8)
         image = cv2.LUT(image, lut.reshape(1, 256, 3))
     if d.bw_threshold is not None:

@@ -7,19 +7,23 @@ height, lead names are printed 7 mm below the baseline at the start of each lead
 gain are printed 5 mm above the bottom edge.
 
 Time and voltage map to pixels exactly (pixel centres at integer coordinates): sample ``i`` of a row
-is drawn at ``x = row_x0 + (i / fs) * mm_per_s * px_per_mm`` and a voltage ``v`` at
-``y = baseline_y - v * mm_per_mv * px_per_mm``. Row ``r`` of a layout shows seconds
-``[0, strip_duration_s)`` of the chosen window; a row of ``k`` leads shows lead ``c`` over
-``[c, c + 1) * strip_duration_s / k``, so the plotted time of column ``x`` is
-``(x - row_x0) / px_per_mm / mm_per_s`` on every row.
+is drawn at ``x = row_x0 + (i / fs + shift) * mm_per_s * px_per_mm`` and a voltage ``v`` at
+``y = baseline_y - v * mm_per_mv * px_per_mm``. Row ``r`` of a layout spans strip times
+``[0, strip_duration_s)``; a row of ``k`` leads puts lead ``c`` at ``[c, c + 1) * strip_duration_s / k``
+(:meth:`~ecgdig.layouts.LeadPanel.time_window_s`) and shows there the record times
+:meth:`~ecgdig.layouts.LeadPanel.record_window_s`: the same times (``shift = 0``, so the plotted
+time of column ``x`` is ``(x - row_x0) / px_per_mm / mm_per_s`` on every row) or, on layouts whose
+columns restart, the record from time zero (``shift`` = the column's start).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -61,6 +65,9 @@ _PULSE_PAD_S = 0.04
 _LABEL_BELOW_MM = 7.0
 _LABEL_ABOVE_MM = 6.0
 _SEPARATOR_HALF_MM = 3.0
+_EIK_SEPARATOR_HALF_MM = 3.5
+_EIK_PULSE_RISE_S = 0.003
+_FRAME_MM = 0.8 / 72.0 * 25.4  # matplotlib's default axes frame, 0.8 pt
 _TEXT_RGB = (20, 20, 20)
 
 
@@ -76,11 +83,14 @@ class RowGeometry:
         The 0 mV line, in page pixels.
     panels : tuple of LeadPanel
         The leads printed on the row, left to right.
+    rhythm : bool
+        Whether the row is a full-width rhythm strip below the lead block.
     """
 
     index: int
     baseline_y: float
     panels: tuple[LeadPanel, ...]
+    rhythm: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,8 @@ class LeadBox:
     baseline_y : float
         y of the 0 mV line at the box's horizontal centre.
     t_start_s, t_end_s : float
-        Seconds of the window the lead shows.
+        Seconds of the window the lead shows (record time: on layouts whose columns restart, the
+        second column's box starts at 0 s although it sits mid-strip).
     quad : tuple of (x, y)
         The four box corners (top-left, top-right, bottom-right, bottom-left) after the geometric
         transform; equal to the axis-aligned corners on a flat page.
@@ -243,7 +254,8 @@ def page_geometry(settings: RenderSettings, layout: LayoutTemplate) -> PageGeome
     ppm = settings.px_per_mm
     w_mm, h_mm = _page_size_mm(settings)
     width_px, height_px = round(w_mm * ppm), round(h_mm * ppm)
-    pulse_mm = (_PULSE_PAD_S + PULSE_WIDTH_S) * settings.mm_per_s if settings.calibration_pulse else 0.0
+    lead_in_s = _PULSE_PAD_S if settings.marker_style == "cart" else 0.0
+    pulse_mm = (lead_in_s + PULSE_WIDTH_S) * settings.mm_per_s if settings.calibration_pulse else 0.0
     row_x0_mm = settings.margin_left_mm + pulse_mm
     printable_s = (w_mm - row_x0_mm - settings.margin_right_mm) / settings.mm_per_s
     duration_s = min(WINDOW_S, math.floor(printable_s * 2.0 + 1e-9) / 2.0)
@@ -261,11 +273,15 @@ def page_geometry(settings: RenderSettings, layout: LayoutTemplate) -> PageGeome
             f"{settings.bottom_margin_mm:.1f} mm on a {h_mm:.0f} mm tall page"
         )
     panels = layout.panels()
+    n_block = len(layout.rows)
     rows = tuple(
         RowGeometry(
             index=r,
-            baseline_y=(top_mm + (r + settings.baseline_position) * pitch_mm) * ppm - 0.5,
+            baseline_y=(top_mm + (r + settings.baseline_position) * pitch_mm) * ppm
+            - 0.5
+            - (settings.rhythm_raise_mm * ppm if r >= n_block else 0.0),
             panels=tuple(p for p in panels if p.row == r),
+            rhythm=r >= n_block,
         )
         for r in range(n_rows)
     )
@@ -319,7 +335,7 @@ def _finite_runs(points: np.ndarray) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class _Panel:
-    """One lead panel as drawn on the flat page."""
+    """One lead panel as drawn on the flat page: record times ``t0, t1`` at strip positions ``x0, x1``."""
 
     panel: LeadPanel
     t0: float
@@ -343,6 +359,7 @@ class _Traces:
     separators: list[tuple[float, float]]
     pulses: list[dict[str, float]]
     reference: np.ndarray  # (n_window, 12) mV, NaN where not plotted
+    thick_strokes: list[Stroke] = field(default_factory=list)  # drawn 1.5 times as wide
 
 
 def _signal_lookup(record: EcgRecord) -> dict[str, np.ndarray]:
@@ -358,11 +375,18 @@ def _signal_lookup(record: EcgRecord) -> dict[str, np.ndarray]:
 def _pulse_points(pulse_x0: float, baseline_y: float, settings: RenderSettings) -> np.ndarray:
     """Vertices of the calibration pulse before a row: baseline, 1 mV for 0.2 s, back down.
 
-    The signal starts where the pulse falls, as ecg-image-kit and printers draw it.
+    The signal starts where the pulse falls, as printers draw it (``marker_style="cart"``).
+    ecg-image-kit's pulse (``"eik"``) rises at once, falls 3 ms after the signal starts and runs
+    on for another 3 ms of baseline (its 0.2 s of ones between two zero samples each side, at 500 Hz).
     """
-    rise, fall = _PULSE_PAD_S, _PULSE_PAD_S + PULSE_WIDTH_S
-    ts = np.array([0.0, rise, rise, fall, fall])
-    vs = np.array([0.0, 0.0, PULSE_HEIGHT_MV, PULSE_HEIGHT_MV, 0.0])
+    if settings.marker_style == "eik":
+        rise, fall = _EIK_PULSE_RISE_S, _EIK_PULSE_RISE_S + PULSE_WIDTH_S
+        ts = np.array([0.0, rise, rise, fall, fall, fall + _EIK_PULSE_RISE_S])
+        vs = np.array([0.0, 0.0, PULSE_HEIGHT_MV, PULSE_HEIGHT_MV, 0.0, 0.0])
+    else:
+        rise, fall = _PULSE_PAD_S, _PULSE_PAD_S + PULSE_WIDTH_S
+        ts = np.array([0.0, rise, rise, fall, fall])
+        vs = np.array([0.0, 0.0, PULSE_HEIGHT_MV, PULSE_HEIGHT_MV, 0.0])
     ppm = settings.px_per_mm
     return np.stack([pulse_x0 + ts * settings.mm_per_s * ppm, baseline_y - vs * settings.mm_per_mv * ppm], 1)
 
@@ -376,7 +400,8 @@ def _lay_out_traces(
     for row in geom.rows:
         prev_last: np.ndarray | None = None  # the pen's last position, for connect_columns
         for panel in row.panels:
-            t0, t1 = panel.time_window_s(geom.strip_duration_s)
+            s0, s1 = panel.time_window_s(geom.strip_duration_s)  # where on the strip
+            t0, t1 = panel.record_window_s(geom.strip_duration_s)  # which record times
             i0, i1 = _sample_range(t0, t1, fs, n_window)
             lead_index = STANDARD_LEADS.index(panel.lead)
             if panel.lead in window:
@@ -384,21 +409,23 @@ def _lay_out_traces(
                 out.reference[i0:i1, lead_index] = values
             else:
                 values = np.full(i1 - i0, np.nan)
-            x = geom.row_x0 + np.arange(i0, i1) / fs * t_scale
+            # A zero shift adds 0.0, leaving the positions of sequential layouts bit-identical.
+            x = geom.row_x0 + (np.arange(i0, i1) / fs + (s0 - t0)) * t_scale
             pts = np.stack([x, row.baseline_y - values * v_scale], axis=1)
             draw_pts = pts
             if settings.connect_columns and prev_last is not None and len(pts) and np.isfinite(pts[0]).all():
                 draw_pts = np.concatenate([prev_last[None, :], pts])  # the joining jump belongs to this lead
             out.strokes.extend(Stroke(run, lead_index + 1) for run in _finite_runs(draw_pts))
             prev_last = pts[-1] if len(pts) and np.isfinite(pts[-1]).all() else None
-            x0 = float(geom.x_of_time(t0, settings.mm_per_s))
-            x1 = float(geom.x_of_time(t1, settings.mm_per_s))
+            x0 = float(geom.x_of_time(s0, settings.mm_per_s))
+            x1 = float(geom.x_of_time(s1, settings.mm_per_s))
             out.panels.append(_Panel(panel, t0, t1, x0, x1, row.baseline_y, pts))
             if settings.lead_separators and panel.column > 0:
                 out.separators.append((x0, row.baseline_y))
         if geom.pulse_x0 is not None and row.panels:
             pts = _pulse_points(geom.pulse_x0, row.baseline_y, settings)
-            out.strokes.append(Stroke(pts, STANDARD_LEADS.index(row.panels[0].lead) + 1))
+            pen = out.thick_strokes if settings.marker_style == "eik" else out.strokes
+            pen.append(Stroke(pts, STANDARD_LEADS.index(row.panels[0].lead) + 1))
             out.pulses.append(
                 {
                     "row": row.index,
@@ -458,6 +485,8 @@ def render_page(
     seed = int(rng) if isinstance(rng, int | np.integer) and not isinstance(rng, bool) else None
     rng = np.random.default_rng(rng)
     layout = load_layout(settings.layout)
+    if settings.rhythm_leads is not None:
+        layout = dataclasses.replace(layout, rhythm=settings.rhythm_leads)
     geom = page_geometry(settings, layout)
     ppm, fs = geom.px_per_mm, float(record.fs_hz)
     signals = _signal_lookup(record)
@@ -475,7 +504,12 @@ def render_page(
     # Print: grid, text and separators, traces.
     shape = (geom.height_px, geom.width_px)
     width_px = settings.trace_width_mm * ppm
-    trace_cov, labels = rasterize_strokes(traces.strokes, shape, width_px, supersample_factor(settings.dpi))
+    supersample = supersample_factor(settings.dpi)
+    trace_cov, labels = rasterize_strokes(traces.strokes, shape, width_px, supersample)
+    if traces.thick_strokes:
+        # Both masks are "at least half covered"; their union is the max of the coverages.
+        thick_cov, thick_labels = rasterize_strokes(traces.thick_strokes, shape, 1.5 * width_px, supersample)
+        trace_cov, labels = np.maximum(trace_cov, thick_cov), np.maximum(labels, thick_labels)
     text_cov, label_boxes = _draw_text(record, settings, geom, traces, rng)
     minor, major = None, None
     if settings.grid_colour != "none":
@@ -492,19 +526,36 @@ def render_page(
     major_rgb, minor_rgb = settings.grid_rgb
     deg = settings.degradation
     trace_cov = augment.fade_ink(trace_cov, deg.trace_fade, rng)
+    frame_cov = _frame_coverage(shape, ppm) if settings.page_frame else None
     image = composite(
         settings.paper_rgb,
-        [(minor, minor_rgb), (major, major_rgb), (text_cov, _TEXT_RGB), (trace_cov, settings.trace_rgb)],
+        [
+            (minor, minor_rgb),
+            (major, major_rgb),
+            (text_cov, _TEXT_RGB),
+            (frame_cov, (0, 0, 0)),
+            (trace_cov, settings.trace_rgb),
+        ],
     )
     mask = labels > 0
+    # A border widens the sheet before anything happens to it (ecg-image-kit pads, then augments).
+    border_px = round(settings.border_mm * ppm)
+    if border_px:
+        image = cv2.copyMakeBorder(
+            image, border_px, border_px, border_px, border_px, cv2.BORDER_CONSTANT, value=settings.paper_rgb
+        )
+        mask = np.pad(mask, border_px)
+        labels = np.pad(labels, border_px)
 
     # Degrade: paper, then geometry (masks and boxes follow), then lighting and camera.
     image = augment.paper_effects(image, deg, rng, ppm)
-    warp = augment.plan_warp(shape, deg, rng)
+    warp = augment.plan_warp(mask.shape, deg, rng)
     if warp is not None:
         image, mask, labels = augment.warp_page(image, mask, labels, warp, deg.background, rng)
     image, encoded = augment.camera_effects(image, deg, rng)
     homography = warp.homography if warp is not None else np.eye(3)
+    if border_px:
+        homography = homography @ np.array([[1.0, 0.0, border_px], [0.0, 1.0, border_px], [0.0, 0.0, 1.0]])
 
     boxes = tuple(
         _lead_box(p, label_boxes.get(i), homography, image.shape[:2], width_px, shape)
@@ -522,11 +573,14 @@ def render_page(
         "window_samples": n_window,
         "strip_duration_s": geom.strip_duration_s,
         "layout": layout.name,
+        "rhythm_leads": list(layout.rhythm),
+        "column_times": layout.column_times,
         "px_per_mm": ppm,
         "mm_per_s": settings.mm_per_s,
         "mm_per_mv": settings.mm_per_mv,
         "page_size_px": [geom.width_px, geom.height_px],
         "image_size_px": [int(image.shape[1]), int(image.shape[0])],
+        "border_px": border_px,
         "row_x0_px": geom.row_x0,
         "rows": [
             {"row": r.index, "baseline_y_px": r.baseline_y, "leads": [p.lead for p in r.panels]}
@@ -580,17 +634,22 @@ def _draw_text(
             draw.text((item.x_mm * ppm, item.y_mm * ppm), item.text, fill=255, font=font, anchor="ls")
     label_boxes: dict[int, tuple[float, float, float, float]] = {}
     if settings.lead_names:
+        below = settings.label_offset_mm if settings.label_offset_mm is not None else _LABEL_BELOW_MM
+        above = settings.label_offset_mm if settings.label_offset_mm is not None else _LABEL_ABOVE_MM
         for i, p in enumerate(traces.panels):
             if settings.label_position == "below":
-                xy = (p.x0, p.baseline_y + _LABEL_BELOW_MM * ppm)
+                xy = (p.x0, p.baseline_y + below * ppm)
             else:
-                xy = (p.x0 + 0.5 * ppm, p.baseline_y - _LABEL_ABOVE_MM * ppm)
+                xy = (p.x0 + 0.5 * ppm, p.baseline_y - above * ppm)
             draw.text(xy, p.panel.lead, fill=255, font=font, anchor="ls")
             x0, y0, x1, y1 = draw.textbbox(xy, p.panel.lead, font=font, anchor="ls")
             label_boxes[i] = (float(x0), float(y0), float(x1), float(y1))
     ink = np.array(canvas)
     # Lead separators: short vertical bars, 1.5 trace widths wide, centred on the baseline.
-    half_w, half_h = settings.trace_width_mm * ppm * 0.75, _SEPARATOR_HALF_MM * ppm
+    if settings.marker_style == "eik":  # ecg-image-kit's bold bars: 3 trace widths by 7 mm
+        half_w, half_h = settings.trace_width_mm * ppm * 1.5, _EIK_SEPARATOR_HALF_MM * ppm
+    else:
+        half_w, half_h = settings.trace_width_mm * ppm * 0.75, _SEPARATOR_HALF_MM * ppm
     for x, y in traces.separators:
         c0, c1 = max(0, int(x - half_w) - 1), min(geom.width_px, int(x + half_w) + 2)
         r0, r1 = max(0, int(y - half_h) - 1), min(geom.height_px, int(y + half_h) + 2)
@@ -602,6 +661,19 @@ def _draw_text(
         )
         ink[r0:r1, c0:c1] = np.maximum(ink[r0:r1, c0:c1], (bar * 255.0 + 0.5).astype(np.uint8))
     return ink, label_boxes
+
+
+def _frame_coverage(shape: tuple[int, int], px_per_mm: float) -> np.ndarray:
+    """Coverage of a 0.8 pt frame line centred on the page's edge: half of it falls on the page.
+
+    matplotlib snaps the frame of ecg-image-kit's pages to whole pixels, so it is at least one
+    pixel wide (1.1 px at 200 dpi, 1 px below).
+    """
+    rows, cols = shape
+    width = max(1.0, _FRAME_MM / 2.0 * px_per_mm)
+    across = np.maximum(span_profile(cols, -0.5, width - 0.5), span_profile(cols, cols - 0.5 - width, cols))
+    down = np.maximum(span_profile(rows, -0.5, width - 0.5), span_profile(rows, rows - 0.5 - width, rows))
+    return np.maximum(across[None, :], down[:, None])
 
 
 def _lead_box(

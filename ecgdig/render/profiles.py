@@ -22,7 +22,9 @@ Schema (see ``docs/render.md``)::
 Every possible value (choices, range ends, the bounds of a normal) is validated when the profile
 is loaded, so a bad profile fails at once with a :class:`~ecgdig.errors.ConfigError` naming the
 file and the field. When a profile leaves ``grid_major_rgb`` / ``grid_minor_rgb`` unset, each draw
-picks one of the colour family's realistic variants (:data:`GRID_PALETTES`).
+picks one of the colour family's realistic variants (:data:`GRID_PALETTES`), or for the family
+``random`` draws ecg-image-kit's random colours (:func:`~ecgdig.render.settings.random_grid_rgb`).
+A list is a value only as an RGB triple or, for ``rhythm_leads``, a list of lead names.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import yaml
 
 from ecgdig.errors import ConfigError
 from ecgdig.layouts import load_layout
-from ecgdig.render.settings import GRID_PALETTES, Degradation, RenderSettings
+from ecgdig.render.settings import GRID_PALETTES, Degradation, RenderSettings, random_grid_rgb
 
 __all__ = ["SiteProfile", "Spec", "available_profiles", "load_profile", "sample_settings"]
 
@@ -129,6 +131,13 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _list_value_ok(value: list[Any], where: str) -> bool:
+    """Whether a YAML list is a value rather than a mistaken list of options."""
+    if where.endswith(".rhythm_leads"):
+        return all(isinstance(v, str) for v in value)
+    return len(value) == 3 and all(_number(v) for v in value)
+
+
 def _freeze(value: Any) -> Any:
     """YAML lists (RGB triples) become tuples so settings stay hashable and comparable."""
     return tuple(value) if isinstance(value, list) else value
@@ -136,9 +145,11 @@ def _freeze(value: Any) -> Any:
 
 def _parse_spec(raw: object, where: str, source: str) -> Spec:
     if not isinstance(raw, dict):
-        if isinstance(raw, list) and not (len(raw) == 3 and all(_number(v) for v in raw)):
+        if isinstance(raw, list) and not _list_value_ok(raw, where):
             raise ConfigError(
-                f"{where}: a list is only allowed as an RGB triple; use {{choice: [...]}}", source
+                f"{where}: a list is only allowed as an RGB triple (or, for rhythm_leads, lead "
+                "names); use {choice: [...]}",
+                source,
             )
         return Spec("const", (_freeze(raw),))
     keys = set(raw)
@@ -359,6 +370,8 @@ def sample_settings(profile: SiteProfile, rng: np.random.Generator | int | None 
     family = page.get("grid_colour", RenderSettings.grid_colour)
     variants = GRID_PALETTES[family]
     major, minor = variants[int(rng.integers(0, len(variants)))]
+    if family == "random":
+        major, minor = random_grid_rgb(rng)
     jitter = (
         rng.uniform(-profile.colour_jitter, profile.colour_jitter, 6)
         if profile.colour_jitter

@@ -7,6 +7,7 @@ profile (:mod:`ecgdig.render.profiles`) is a distribution over these fields; one
 
 Default values reproduce the look of an ecg-image-kit page (the PhysioNet Challenge 2024 generator):
 US-letter landscape at 200 dpi, red grid with 0.5 pt lines, 0.75 pt trace, 11 pt DejaVu Sans text.
+Every field added later defaults to "off", so settings saved before it render the same page.
 """
 
 from __future__ import annotations
@@ -15,23 +16,60 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from ecgdig.errors import ConfigError
+from ecgdig.leads import STANDARD_LEADS
 
 __all__ = [
+    "ECG_IMAGE_KIT_GRID_RGB",
     "GRID_COLOURS",
     "GRID_PALETTES",
     "PAPER_SIZES_MM",
     "Degradation",
     "RenderSettings",
+    "kelvin_rgb",
+    "random_grid_rgb",
 ]
 
 #: Paper sizes as (short side, long side) in mm.
 PAPER_SIZES_MM: dict[str, tuple[float, float]] = {"letter": (215.9, 279.4), "a4": (210.0, 297.0)}
 
-#: Grid colour families. "none" prints no grid.
-GRID_COLOURS: tuple[str, ...] = ("red", "pink", "orange", "green", "blue", "grey", "none")
+#: Grid colour families. "none" prints no grid; "random" is ecg-image-kit's random colour mode (a
+#: profile draws each page's colours with :func:`random_grid_rgb`).
+GRID_COLOURS: tuple[str, ...] = (
+    "red",
+    "pink",
+    "orange",
+    "green",
+    "blue",
+    "grey",
+    "none",
+    "brown",
+    "dark-blue",
+    "dark-green",
+    "random",
+)
 
 RGB = tuple[int, int, int]
+
+#: Header text layouts (see :attr:`RenderSettings.header_style`).
+HEADER_STYLES: tuple[str, ...] = ("eik", "eik-2024", "ge", "minimal")
+
+#: What can surround the paper in the image (see :attr:`Degradation.background`).
+BACKGROUNDS: tuple[str, ...] = ("white", "grey", "dark", "wood", "cloth", "black")
+
+#: ecg-image-kit's fixed grid colours (``--standard_grid_color 1..5`` and the black-and-white mode),
+#: as (major, minor) 8-bit RGB: its float colours times 255, rounded half up as matplotlib's Agg
+#: renderer prints them (the pages' pixels on fully covered lines have exactly these values).
+ECG_IMAGE_KIT_GRID_RGB: dict[str, tuple[RGB, RGB]] = {
+    "colour1": ((109, 50, 47), (150, 107, 101)),  # brown
+    "colour2": ((255, 203, 221), (254, 237, 248)),  # pink
+    "colour3": ((0, 0, 102), (0, 0, 179)),  # dark blue: 1 mm and 5 mm lines look alike
+    "colour4": ((0, 77, 0), (0, 204, 77)),  # dark green
+    "colour5": ((255, 0, 0), (254, 223, 219)),  # red
+    "bw": ((102, 102, 102), (191, 191, 191)),  # black-and-white mode (its trace is black)
+}
 
 #: Realistic (major, minor) line colours per family, measured on real scans and on ecg-image-kit's
 #: palette. The first entry of each family is its default.
@@ -69,7 +107,87 @@ GRID_PALETTES: dict[str, tuple[tuple[RGB, RGB], ...]] = {
         ((120, 120, 120), (200, 200, 200)),
     ),
     "none": (((255, 255, 255), (255, 255, 255)),),
+    # Families added for ecg-image-kit's dark palettes (the existing families' variant lists stay as
+    # they were, so profiles drawing from them give the same pages).
+    "brown": (
+        ECG_IMAGE_KIT_GRID_RGB["colour1"],
+        ((125, 65, 55), (170, 125, 115)),
+        ((95, 45, 40), (140, 100, 95)),
+    ),
+    "dark-blue": (
+        ECG_IMAGE_KIT_GRID_RGB["colour3"],
+        ((20, 30, 120), (50, 60, 190)),
+        ((0, 0, 80), (0, 0, 150)),
+    ),
+    "dark-green": (
+        ECG_IMAGE_KIT_GRID_RGB["colour4"],
+        ((20, 95, 30), (40, 190, 90)),
+        ((0, 60, 20), (30, 170, 80)),
+    ),
+    "random": (((184, 30, 54), (227, 61, 80)),),  # one draw of ecg-image-kit's random mode
 }
+
+
+def random_grid_rgb(rng: np.random.Generator) -> tuple[RGB, RGB]:
+    """Draw grid colours as ecg-image-kit's random colour mode does (``--random_grid_color``).
+
+    The major line gets red in [0, 0.8] and green and blue in [0, 0.5]; the minor line adds one
+    offset in [0, 0.2] to the major red and to fresh green and blue draws in [0, 0.5]. Both are
+    dark, so the 1 mm and 5 mm lines often look alike.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Randomness (six uniform draws).
+
+    Returns
+    -------
+    (major, minor) : tuple of RGB
+        8-bit colours, rounded half up as matplotlib prints them.
+
+    Examples
+    --------
+    >>> major, minor = random_grid_rgb(np.random.default_rng(0))
+    >>> major[0] <= minor[0] <= major[0] + 52
+    True
+    """
+    major = rng.uniform(0.0, [0.8, 0.5, 0.5])
+    offset = rng.uniform(0.0, 0.2)
+    minor = np.array([major[0], rng.uniform(0.0, 0.5), rng.uniform(0.0, 0.5)]) + offset
+
+    def to8(c: np.ndarray) -> RGB:
+        r, g, b = (int(np.floor(v * 255.0 + 0.5)) for v in c)
+        return (r, g, b)
+
+    return to8(major), to8(minor)
+
+
+def kelvin_rgb(kelvin: float) -> tuple[float, float, float]:
+    """Return the RGB gains (0-1) of a black body at ``kelvin``, as a colour-temperature filter.
+
+    Tanner Helland's fit to Mitchell Charity's black-body table, the table imgaug's
+    ``ChangeColorTemperature`` (ecg-image-kit's augmentation) interpolates: within 4 grey levels of
+    the paper colours measured on ecg-image-kit pages (2339-19702 K). 6600 K is neutral; lower is
+    orange, higher is blue.
+
+    Examples
+    --------
+    >>> [round(255 * g) for g in kelvin_rgb(6600)]
+    [255, 255, 255]
+    >>> [round(255 * g) for g in kelvin_rgb(2800)]
+    [255, 170, 95]
+    """
+    t = kelvin / 100.0
+    if t < 66.0:
+        r = 255.0
+        g = 99.4708025861 * np.log(t) - 161.1195681661
+        b = 0.0 if t <= 19.0 else 138.5177312231 * np.log(t - 10.0) - 305.0447927307
+    else:
+        r = 329.698727446 * (t - 60.0) ** -0.1332047592 if t > 66.0 else 255.0
+        g = 288.1221695283 * (t - 60.0) ** -0.0755148492 if t > 66.0 else 255.0
+        b = 255.0
+    red, green, blue = (float(np.clip(v, 0.0, 255.0)) / 255.0 for v in (r, g, b))
+    return red, green, blue
 
 
 def _check_rgb(value: object, name: str) -> None:
@@ -98,6 +216,15 @@ def _check_bool(value: object, name: str) -> None:
         raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
+def _check_rhythm_leads(value: object) -> None:
+    if value is None:
+        return
+    if not (isinstance(value, tuple) and len(value) <= 3 and all(lead in STANDARD_LEADS for lead in value)):
+        raise ConfigError(
+            f"rhythm_leads must be null or a list of up to 3 of {', '.join(STANDARD_LEADS)}, got {value!r}"
+        )
+
+
 @dataclass(frozen=True)
 class Degradation:
     """What happens to a printed page before it becomes an image (all off by default).
@@ -121,7 +248,8 @@ class Degradation:
         Output pixels per page pixel before perspective, in [0.3, 2] (a phone's resolution).
     background : str
         What surrounds the paper where the image shows more than the page: ``"white"`` (scanner lid),
-        ``"grey"``, ``"dark"``, ``"wood"``, ``"cloth"``.
+        ``"grey"``, ``"dark"``, ``"wood"``, ``"cloth"``, ``"black"`` (exactly 0, as ecg-image-kit's
+        rotation fills the corners).
     background_margin : float
         Extra canvas around the page on each side, as a fraction of the page size, in [0, 0.4].
     uneven_light : float
@@ -144,6 +272,12 @@ class Degradation:
         Faded print, in [0, 0.9]: the traces' ink is lightened by up to this fraction, smoothly
         varying over the sheet (a printer short of toner, an aged thermal print). The trace mask
         is unchanged: a faint trace is still trace.
+    crop : float
+        Fraction of the image's width and height cut from each side and resized back to the full
+        size, in [0, 0.05] (ecg-image-kit's ``Crop(percent)``: a zoom about the centre of up to 11 %).
+    colour_temperature_k : float or None
+        If set, the light's colour temperature in kelvin, 1000-40000 (ecg-image-kit's
+        ``ChangeColorTemperature``): below 6600 K the page turns orange, above it blue.
     """
 
     creases: int = 0
@@ -163,6 +297,8 @@ class Degradation:
     bw_threshold: int | None = None
     jpeg_quality: int | None = None
     trace_fade: float = 0.0
+    crop: float = 0.0
+    colour_temperature_k: float | None = None
 
     def __post_init__(self) -> None:
         _check_range(self.creases, "creases", 0, 6)
@@ -175,7 +311,7 @@ class Degradation:
         _check_range(self.rotation_deg, "rotation_deg", -15.0, 15.0)
         _check_range(self.perspective, "perspective", 0.0, 0.2)
         _check_range(self.scale, "scale", 0.3, 2.0)
-        _check_choice(self.background, "background", ("white", "grey", "dark", "wood", "cloth"))
+        _check_choice(self.background, "background", BACKGROUNDS)
         _check_range(self.background_margin, "background_margin", 0.0, 0.4)
         _check_range(self.uneven_light, "uneven_light", 0.0, 0.6)
         _check_range(self.shadow, "shadow", 0.0, 0.7)
@@ -186,6 +322,8 @@ class Degradation:
         _check_range(self.bw_threshold, "bw_threshold", 1, 254, optional=True)
         _check_range(self.jpeg_quality, "jpeg_quality", 5, 95, optional=True)
         _check_range(self.trace_fade, "trace_fade", 0.0, 0.9)
+        _check_range(self.crop, "crop", 0.0, 0.05)
+        _check_range(self.colour_temperature_k, "colour_temperature_k", 1000.0, 40000.0, optional=True)
         for name in ("bw_threshold", "jpeg_quality"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, int):
@@ -199,6 +337,7 @@ class Degradation:
             or self.perspective > 0.0
             or self.scale != 1.0
             or self.background_margin > 0.0
+            or self.crop > 0.0
         )
 
 
@@ -244,6 +383,11 @@ class RenderSettings:
         Print a 1 mV, 0.2 s rectangular pulse before each row.
     lead_separators : bool
         Print a short vertical tick at each column boundary.
+    marker_style : {"cart", "eik"}
+        How pulses and separators look. ``"cart"``: the pulse rises after 0.04 s of baseline and
+        is drawn like the trace; separators are 1.5 trace widths by 6 mm. ``"eik"``: as
+        ecg-image-kit draws them, the pulse rises at the margin, falls as the signal starts 0.2 s
+        later and is 1.5 times as thick; separators are bold bars, 3 trace widths by 7 mm.
     connect_columns : bool
         Join the trace across column boundaries (the signal switches lead under the pen); when
         False each lead is a separate stroke, as ecg-image-kit draws it.
@@ -253,8 +397,10 @@ class RenderSettings:
         Lead name under the start of the lead (ecg-image-kit) or above it.
     header_text : bool
         Print the patient/measurement header.
-    header_style : {"eik", "ge", "minimal"}
-        Header layout: ecg-image-kit's three columns, a GE-like measurement block, or one line.
+    header_style : {"eik", "eik-2024", "ge", "minimal"}
+        Header layout: ecg-image-kit's three columns (name, age, sex / ID, height / date, weight),
+        the July 2024 ecg-image-kit block (ID, age, sex / name / date), a GE-like measurement block,
+        or one line.
     footer_text : bool
         Print the speed and gain ("25mm/s 10mm/mV") near the bottom.
     font : {"sans", "sans-bold", "serif", "mono"}
@@ -272,6 +418,20 @@ class RenderSettings:
         Height below the last row slot, 0-40 mm.
     baseline_position : float
         Where the baseline sits within its row slot, 0 = top, 1 = bottom (0.3-0.7).
+    rhythm_leads : tuple of str or None
+        The leads of the full-width rhythm strips, top to bottom (0-3 standard names), replacing
+        the layout's own (``("V1",)`` prints a 3x4+1 page with a V1 strip); None keeps the layout's.
+    rhythm_raise_mm : float
+        How far the rhythm strips' baselines sit above the other rows' position in their slots,
+        0-10 mm (ecg-image-kit draws them 3 mm higher); their lead names move with them.
+    label_offset_mm : float or None
+        Distance from the baseline to the lead name's text baseline, 2-15 mm, below or above it
+        per ``label_position``; None: 7 mm below (ecg-image-kit) or 6 mm above.
+    page_frame : bool
+        Print a thin black frame along the page's edges (the plot frame on ecg-image-kit pages).
+    border_mm : float
+        Blank paper added around the whole printed page, 0-50 mm (ecg-image-kit's ``pad_inches``:
+        25.4 mm); the image grows by twice this and everything on the page moves with it.
     degradation : Degradation
         Paper, geometric and photometric degradations.
     """
@@ -295,11 +455,12 @@ class RenderSettings:
     trace_width_mm: float = 0.265
     calibration_pulse: bool = False
     lead_separators: bool = False
+    marker_style: Literal["cart", "eik"] = "cart"
     connect_columns: bool = False
     lead_names: bool = True
     label_position: Literal["below", "above"] = "below"
     header_text: bool = True
-    header_style: Literal["eik", "ge", "minimal"] = "eik"
+    header_style: Literal["eik", "eik-2024", "ge", "minimal"] = "eik"
     footer_text: bool = True
     font: Literal["sans", "sans-bold", "serif", "mono"] = "sans"
     font_size_pt: float = 11.0
@@ -308,6 +469,11 @@ class RenderSettings:
     top_margin_mm: float | None = None
     bottom_margin_mm: float = 0.0
     baseline_position: float = 0.5
+    rhythm_leads: tuple[str, ...] | None = None
+    rhythm_raise_mm: float = 0.0
+    label_offset_mm: float | None = None
+    page_frame: bool = False
+    border_mm: float = 0.0
     degradation: Degradation = field(default_factory=Degradation)
 
     def __post_init__(self) -> None:
@@ -338,10 +504,12 @@ class RenderSettings:
             "lead_names",
             "header_text",
             "footer_text",
+            "page_frame",
         ):
             _check_bool(getattr(self, name), name)
         _check_choice(self.label_position, "label_position", ("below", "above"))
-        _check_choice(self.header_style, "header_style", ("eik", "ge", "minimal"))
+        _check_choice(self.marker_style, "marker_style", ("cart", "eik"))
+        _check_choice(self.header_style, "header_style", HEADER_STYLES)
         _check_choice(self.font, "font", ("sans", "sans-bold", "serif", "mono"))
         _check_range(self.font_size_pt, "font_size_pt", 6.0, 16.0)
         _check_range(self.margin_left_mm, "margin_left_mm", 2.0, 30.0)
@@ -349,6 +517,10 @@ class RenderSettings:
         _check_range(self.top_margin_mm, "top_margin_mm", 0.0, 120.0, optional=True)
         _check_range(self.bottom_margin_mm, "bottom_margin_mm", 0.0, 40.0)
         _check_range(self.baseline_position, "baseline_position", 0.3, 0.7)
+        _check_rhythm_leads(self.rhythm_leads)
+        _check_range(self.rhythm_raise_mm, "rhythm_raise_mm", 0.0, 10.0)
+        _check_range(self.label_offset_mm, "label_offset_mm", 2.0, 15.0, optional=True)
+        _check_range(self.border_mm, "border_mm", 0.0, 50.0)
         if not isinstance(self.degradation, Degradation):
             raise ConfigError(f"degradation must be a Degradation, got {type(self.degradation).__name__}")
 
@@ -388,7 +560,7 @@ class RenderSettings:
         unknown = (set(page) - page_fields) | (set(degradation) - deg_fields)
         if unknown:
             raise ConfigError(f"unknown render settings {sorted(unknown)}")
-        for name in ("grid_major_rgb", "grid_minor_rgb", "paper_rgb", "trace_rgb"):
+        for name in ("grid_major_rgb", "grid_minor_rgb", "paper_rgb", "trace_rgb", "rhythm_leads"):
             if isinstance(page.get(name), list):
                 page[name] = tuple(page[name])
         return cls(**page, degradation=Degradation(**degradation))

@@ -103,9 +103,11 @@ def header_items(
 
     Parameters
     ----------
-    style : {"eik", "ge", "minimal"}
+    style : {"eik", "eik-2024", "ge", "minimal"}
         ``"eik"``: ecg-image-kit's three columns (name, age, sex / ID, height / date, weight), lines
-        5 mm apart from 5.9 mm below the top edge. ``"ge"``: a GE-like block with measurements and an
+        5 mm apart from 5.9 mm below the top edge. ``"eik-2024"``: the block the July 2024
+        ecg-image-kit prints in the same places (ID, age, sex / name / date; fields it lacks stay
+        blank, as on the Challenge pages). ``"ge"``: a GE-like block with measurements and an
         interpretation statement. ``"minimal"``: one line.
     record : EcgRecord
         The record printed (its name, and age and sex comments when present).
@@ -135,6 +137,21 @@ def header_items(
             [f"Name: {record.name}", f"Age: {age} yrs", f"Sex: {sex}"],
             [id_line, f"Height: {int(rng.integers(150, 195)) if rng.random() < 0.5 else ''}"],
             [f"Date: {date}, {clock}", f"Weight: {int(rng.integers(45, 110))} Kgs"],
+        ]
+        return [
+            TextItem(1.25 + 75.0 * col * c, 5.9 + 5.0 * i, text)
+            for c, lines in enumerate(columns)
+            for i, text in enumerate(lines)
+        ]
+    if style == "eik-2024":
+        # The Challenge pages mostly lack age and date (PTB-XL headers carry neither): keep the
+        # labels with blank values as often as not.
+        blank = rng.random(3) < 0.5
+        shown_age, shown_sex = ("" if blank[0] else age), ("Unknown" if blank[1] else sex)
+        columns = [
+            [f"ID: {record.name}", f"Age: {shown_age} yrs", f"Sex: {shown_sex}"],
+            ["Name: "],
+            ["Date: ," if blank[2] else f"Date: {date}, {clock}"],
         ]
         return [
             TextItem(1.25 + 75.0 * col * c, 5.9 + 5.0 * i, text)

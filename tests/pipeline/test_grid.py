@@ -65,6 +65,17 @@ def test_trace_lying_on_a_grid_line_keeps_its_excess_darkness() -> None:
     assert float(np.median(out.ink[row, 100:1400])) >= 0.5
 
 
+def test_tinted_grid_whose_heaviest_lines_are_neutral_is_named_without_a_hue() -> None:
+    # Most marked lines pink, the heaviest pure grey: the colour is chromatic, its heavy lines have
+    # no hue at all (this divided by zero on a photo that was no ECG).
+    image = np.full((400, 600, 3), 255, np.uint8)
+    image[::8, :] = image[:, ::8] = (240, 120, 150)
+    image[::40, :] = image[:, ::40] = (100, 100, 100)
+    out = suppress_grid(_page(image))
+    assert out.grid_colour in ("grey", "black")
+    assert np.isfinite(out.ink).all()
+
+
 def test_bad_page_image_raises() -> None:
     with pytest.raises(ImageInputError):
         suppress_grid(_page(np.zeros((50, 60), np.uint8)))

@@ -54,12 +54,15 @@ def test_no_pulse_defaults_to_10_mm_per_mv_with_a_warning() -> None:
 def test_row_count_selects_template() -> None:
     assert template_for_row_count(4).name == "3x4+1"
     assert template_for_row_count(12).name == "12x1"
-    with pytest.raises(DigitizationError, match="7 strips"):
-        template_for_row_count(7)
+    with pytest.raises(DigitizationError, match="8 strips"):
+        template_for_row_count(8)
     # Six strips are ambiguous: the usual guess first, then what the limb leads may choose instead.
     assert layouts_for_row_count(6) == ("3x4+3", "6x2", "6x1")
     assert template_for_row_count(6).name == "3x4+3"
-    assert layouts_for_row_count(7) == ()
+    # Seven and thirteen: a cart's order first, then ecg-image-kit's own.
+    assert layouts_for_row_count(7) == ("6x2+1", "eik-6x2+1")
+    assert layouts_for_row_count(13) == ("12x1+1", "eik-12x1+1")
+    assert layouts_for_row_count(8) == ()
 
 
 def test_blank_page_has_no_rows() -> None:
