@@ -612,8 +612,8 @@ def _measure(ink: np.ndarray, unit: float) -> _Cues:
         # Too close to call, so the page stays as it is; but its beats are counted whichever way
         # the strips run, since no beats at all means no ECG.
         across = _traces(_to_frame(np.ascontiguousarray(np.rot90(ink, 1)), angle_cols)[0], unit)
-        beats = max(sum(b.n for _, b in measured), sum(b.n for _, b in across))
-        return _Cues(axis, vertical, strips=len(measured), beats=beats)
+        n_beats = max(sum(b.n for _, b in measured), sum(b.n for _, b in across))
+        return _Cues(axis, vertical, strips=len(measured), beats=n_beats)
     if not measured:
         return _Cues(axis, vertical)
     pulses = _pulses(frame, unit)
